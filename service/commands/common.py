@@ -1,0 +1,97 @@
+"""Arguments and helpers shared by the commands that take a case (score, gate)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.case import Case
+    from service.engine import EngineConfig
+
+EXIT_INVALID = 2
+
+
+def add_case_args(parser: argparse.ArgumentParser) -> None:
+    """A case folder with BraTS naming, and/or explicit files (explicit files win)."""
+    parser.add_argument("case_dir", nargs="?", help="case folder with BraTS 2023/2021/Toolkit file names")
+    for name in ("t1c", "t1", "t2", "flair"):
+        parser.add_argument(f"--{name}", metavar="FILE", help=f"{name} NIfTI file")
+    parser.add_argument("--seg", "--segmentation", dest="seg", metavar="FILE", help="segmentation NIfTI file")
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=os.environ.get("DQE_MODEL"), help="model id (default: the reference model)")
+    parser.add_argument(
+        "--providers",
+        default=os.environ.get("DQE_PROVIDERS", "auto"),
+        help="comma-separated execution providers: auto, tensorrt, cuda, cpu (default: auto)",
+    )
+    parser.add_argument(
+        "--precision",
+        default=os.environ.get("DQE_PRECISION", "fp32"),
+        help="fp32 (default, reference parity), bf16 or fp16 where the hardware supports it",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=int(os.environ.get("DQE_THREADS", "0")), help="intra-op threads (0 = all cores)"
+    )
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    from models.registry import DEFAULT_MODEL_ID
+    from service.engine import EngineConfig
+
+    return EngineConfig(
+        model_id=args.model or DEFAULT_MODEL_ID,
+        providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
+        precision=args.precision,
+        intra_op_threads=args.threads,
+    )
+
+
+def case_files(args: argparse.Namespace) -> dict[str, str] | None:
+    explicit = {"t1c": args.t1c, "t1": args.t1, "t2": args.t2, "flair": args.flair, "segmentation": args.seg}
+    if all(explicit.values()):
+        return explicit  # type: ignore[return-value]
+    return None
+
+
+def load_case(args: argparse.Namespace) -> Case:
+    """The case named on the command line.
+
+    Raises:
+        InvalidInput: neither a folder nor all five files were given.
+    """
+    from models.errors import InvalidInput
+    from service.case import Case, discover_files
+
+    files = case_files(args)
+    if files is not None:
+        return Case.from_files(**files)
+    if not args.case_dir:
+        raise InvalidInput("give a case folder or all of --t1c --t1 --t2 --flair --seg", field="case_dir")
+    found = discover_files(args.case_dir, require_segmentation=args.seg is None)
+    for name in ("t1c", "t1", "t2", "flair"):
+        if getattr(args, name):
+            found[name] = getattr(args, name)
+    if args.seg:
+        found["segmentation"] = args.seg
+    from pathlib import Path
+
+    return Case.from_files(**found, case_id=Path(args.case_dir).name)  # type: ignore[arg-type]
+
+
+def print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    from models.errors import DQEError
+
+    if isinstance(exc, DQEError):
+        return {"error": {"code": exc.code, "kind": exc.kind, "field": exc.field, "message": exc.message}}
+    return {"error": {"code": "INTERNAL", "kind": type(exc).__name__, "field": None, "message": str(exc)}}

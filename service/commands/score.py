@@ -1,0 +1,66 @@
+"""``dqe score``: stars for one case, as JSON on stdout."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from service.commands.common import (
+    EXIT_INVALID,
+    add_case_args,
+    add_engine_args,
+    engine_config,
+    error_payload,
+    load_case,
+    print_json,
+)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "score",
+        help="score one case (folder or explicit files) and print JSON",
+        description="Predict expert-like star ratings (1-6) for a segmentation. Exit 0 on success, 2 on invalid input.",
+    )
+    add_case_args(p)
+    add_engine_args(p)
+    p.add_argument("--server", metavar="HOST:PORT", help="score through a running dqe gRPC server instead of locally")
+    p.add_argument("--gate", action="store_true", help="also run the QC gate and include its verdict")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.errors import DQEError
+
+    if args.server:
+        from service.client import score_command
+
+        return score_command(args)
+    t0 = time.perf_counter()
+    try:
+        from service.engine import Engine
+
+        engine = Engine(engine_config(args))
+        t1 = time.perf_counter()
+        case = load_case(args)
+        t2 = time.perf_counter()
+        result = engine.score_case(case)
+        if args.gate:
+            from service.qc.gate import evaluate_case
+
+            result.gate = evaluate_case(case, result)
+        t3 = time.perf_counter()
+    except DQEError as exc:
+        print_json(error_payload(exc))
+        return EXIT_INVALID
+    out = result.to_dict()
+    out["timings_ms"].update(
+        {"engine_load": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "total": (t3 - t0) * 1e3}
+    )
+    out["engine"] = {
+        "backend": engine.backend.name,
+        "providers": list(engine.backend.providers),
+        "precision": engine.config.precision,
+    }
+    print_json(out)
+    return 0
