@@ -57,7 +57,12 @@ def _worker(impl: str, cases_json: str, repeats: int) -> None:
             t0 = time.perf_counter()
             result = score(files)
             times.append((time.perf_counter() - t0) * 1e3)
-        out[name] = {"p50_ms": statistics.median(times), "min_ms": min(times), "mean": result[0], "views": result[1]}
+        out[name] = {
+            "p50_ms": statistics.median(times),
+            "min_ms": min(times),
+            "mean": result[0],
+            "views": result[1],
+        }
     print(json.dumps(out))
 
 
@@ -87,7 +92,9 @@ COLD = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--worker", choices=("reference", "ours"), help=argparse.SUPPRESS)
@@ -101,7 +108,18 @@ def main() -> None:
     cases_json = json.dumps([(n, {k: str(v) for k, v in f.items()}) for n, f in cases])
     warm, rss = {}, {}
     for impl in ("reference", "ours"):
-        _, rss[impl], stdout = _run([sys.executable, __file__, "--worker", impl, "--cases", cases_json, "--repeats", str(args.repeats)])
+        _, rss[impl], stdout = _run(
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                impl,
+                "--cases",
+                cases_json,
+                "--repeats",
+                str(args.repeats),
+            ]
+        )
         warm[impl] = json.loads(stdout.strip().splitlines()[-1])
     cold = {}
     first = json.dumps({k: str(v) for k, v in cases[0][1].items()})
@@ -124,7 +142,9 @@ def main() -> None:
         print(f"{name:24s} {r['p50_ms']:11.1f} {o['p50_ms']:12.1f} {ratios[-1]:8.1f}x {d:14.2e}")
     ref_p50 = statistics.median(w["p50_ms"] for w in warm["reference"].values())
     our_p50 = statistics.median(w["p50_ms"] for w in warm["ours"].values())
-    print(f"{'median over cases':24s} {ref_p50:11.1f} {our_p50:12.1f} {ref_p50 / our_p50:8.1f}x {max(diffs):14.2e}")
+    print(
+        f"{'median over cases':24s} {ref_p50:11.1f} {our_p50:12.1f} {ref_p50 / our_p50:8.1f}x {max(diffs):14.2e}"
+    )
     print()
     print(f"{'cold process -> first score':30s} {'reference':>10s} {'ours':>10s} {'ratio':>7s}")
     print(

@@ -32,18 +32,32 @@ def bench_cases(phantom_root: Path | None = None) -> list[tuple[str, dict[str, P
         root = SHARED / "brainlesion-tutorials" / "BraTS-Toolkit" / "data" / case / f"{case}_brainles"
         if root.is_dir():
             raw = root / "raw_bet"
-            files = {k: raw / f"{case}_{v}_bet.nii.gz" for k, v in (("t1c", "t1c"), ("t1", "t1"), ("t2", "t2"), ("flair", "fla"))}
+            files = {
+                k: raw / f"{case}_{v}_bet.nii.gz"
+                for k, v in (("t1c", "t1c"), ("t1", "t1"), ("t2", "t2"), ("flair", "fla"))
+            }
             cases.append((case, {**files, "segmentation": root / "fusion" / "mav.nii.gz"}))
     pre = SHARED / "brainlesion-BraTS" / "data" / "preprocessed_case"
     if pre.is_dir():
-        files = {k: pre / f"{v}.nii.gz" for k, v in (("t1c", "t1c"), ("t1", "t1n"), ("t2", "t2w"), ("flair", "t2f"))}
-        cases.append(("brainlesion-BraTS", {**files, "segmentation": SHARED / "brainlesion-BraTS" / "outputs" / "segmentation.nii.gz"}))
+        files = {
+            k: pre / f"{v}.nii.gz"
+            for k, v in (("t1c", "t1c"), ("t1", "t1n"), ("t2", "t2w"), ("flair", "t2f"))
+        }
+        cases.append(
+            (
+                "brainlesion-BraTS",
+                {**files, "segmentation": SHARED / "brainlesion-BraTS" / "outputs" / "segmentation.nii.gz"},
+            )
+        )
     if cases:
         return cases
     from models.phantom import make_phantom, write_case
 
     root = phantom_root or Path("/tmp/dqe-bench-phantoms")
-    return [(f"phantom-{s}", write_case(make_phantom(seed=s), root / f"phantom-{s}", case_id=f"P{s}")) for s in (0, 1)]
+    return [
+        (f"phantom-{s}", write_case(make_phantom(seed=s), root / f"phantom-{s}", case_id=f"P{s}"))
+        for s in (0, 1)
+    ]
 
 
 def machine_line() -> str:
@@ -60,6 +74,8 @@ def machine_line() -> str:
 
 def git_rev() -> str:
     try:
-        return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         return "unknown"

@@ -98,7 +98,9 @@ def ensure_model(model_id: str, home: Path | None = None, build: bool = True) ->
     if found is not None:
         return found
     if not build:
-        raise ModelNotReady(f"model {model_id!r} is not built in {str(model_home())!r}; run `dqe model export`")
+        raise ModelNotReady(
+            f"model {model_id!r} is not built in {str(model_home())!r}; run `dqe model export`"
+        )
     try:
         from models.export import export_model
     except ImportError as exc:

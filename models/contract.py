@@ -76,7 +76,9 @@ class PreprocessingContract:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"contract has unknown fields {sorted(unknown)}; expected a subset of {sorted(known)}")
+            raise ValueError(
+                f"contract has unknown fields {sorted(unknown)}; expected a subset of {sorted(known)}"
+            )
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key == "label_map":

@@ -39,7 +39,9 @@ class ParityError(DQEError):
     code = "FAILED_PRECONDITION"
 
 
-def parity_inputs(contract: PreprocessingContract = CONTRACT_V1, extra_cases: Sequence[Path] = ()) -> np.ndarray:
+def parity_inputs(
+    contract: PreprocessingContract = CONTRACT_V1, extra_cases: Sequence[Path] = ()
+) -> np.ndarray:
     """Preprocessed views used to check parity: three phantom exams, plus any real case folders given."""
     views: list[np.ndarray] = []
     for seed, lesion in ((0, "sphere"), (1, "lobulated"), (2, "multifocal")):
@@ -145,7 +147,11 @@ def export_model(
             "weights_sha256": entry.sha256,
             "onnx_sha256": sha256_file(onnx_path),
             "opset": opset,
-            "input": {"name": "views", "shape": ["batch", entry.in_channels, "height", "width"], "dtype": "float32"},
+            "input": {
+                "name": "views",
+                "shape": ["batch", entry.in_channels, "height", "width"],
+                "dtype": "float32",
+            },
             "output": {"name": "stars", "shape": ["batch", 1], "dtype": "float32"},
             "exporter": f"torch {torch.__version__} torch.onnx.export(dynamo=True, external_data=False)",
             "parity": {

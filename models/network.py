@@ -33,7 +33,9 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return normalise_state_dict(state)
 
 
-def load_network(path: str | Path, architecture: str = "densenet121", in_channels: int = 7) -> torch.nn.Module:
+def load_network(
+    path: str | Path, architecture: str = "densenet121", in_channels: int = 7
+) -> torch.nn.Module:
     """A network with weights loaded strictly, in eval mode."""
     net = build_network(architecture, in_channels)
     net.load_state_dict(load_state_dict(path), strict=True)

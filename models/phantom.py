@@ -33,7 +33,13 @@ class Phantom:
     affine: np.ndarray
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"t1c": self.t1c, "t1": self.t1, "t2": self.t2, "flair": self.flair, "segmentation": self.segmentation}
+        return {
+            "t1c": self.t1c,
+            "t1": self.t1,
+            "t2": self.t2,
+            "flair": self.flair,
+            "segmentation": self.segmentation,
+        }
 
 
 def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,9 +77,16 @@ def make_phantom(
 
     centre = c + rng.uniform(-0.15, 0.15, 3) * np.array(shape)
     r = rng.uniform(0.06, 0.10) * min(shape[:2])
-    scale = {"sphere": (1, 1, 1), "ellipsoid": (1.4, 0.8, 1.0), "lobulated": (1, 1, 1), "multifocal": (1, 1, 1)}[lesion]
+    scale = {
+        "sphere": (1, 1, 1),
+        "ellipsoid": (1.4, 0.8, 1.0),
+        "lobulated": (1, 1, 1),
+        "multifocal": (1, 1, 1),
+    }[lesion]
     dist = np.sqrt(
-        ((x - centre[0]) / scale[0]) ** 2 + ((y - centre[1]) / scale[1]) ** 2 + ((z - centre[2]) / scale[2]) ** 2
+        ((x - centre[0]) / scale[0]) ** 2
+        + ((y - centre[1]) / scale[1]) ** 2
+        + ((z - centre[2]) / scale[2]) ** 2
     )
     if lesion == "lobulated":
         dist = dist * (1 + 0.25 * np.sin(x / 5.0 + seed) * np.cos(y / 7.0) * np.sin(z / 6.0))
@@ -85,7 +98,7 @@ def make_phantom(
         seg[dist <= 0.6 * r] = 1
     if lesion == "multifocal":
         c2 = centre + np.array([0.25 * r * 4, -0.2 * r * 4, 0.1 * r * 4])
-        d2 = np.sqrt(((x - c2[0])) ** 2 + ((y - c2[1])) ** 2 + ((z - c2[2])) ** 2)
+        d2 = np.sqrt((x - c2[0]) ** 2 + (y - c2[1]) ** 2 + (z - c2[2]) ** 2)
         seg[(d2 <= 0.9 * r) & brain & (seg == 0)] = 2
         if not edema_only:
             seg[d2 <= 0.45 * r] = et if not no_enhancing else 1
@@ -96,8 +109,8 @@ def make_phantom(
     tissue[seg == 2] = 2
     tissue[seg == 1] = 3
     tissue[seg == et] = 4
-    texture = rng.normal(0.0, 1.0, size=(shape[0] // 8 + 2, shape[1] // 8 + 2, shape[2] // 8 + 2))
-    texture = np.kron(texture, np.ones((8, 8, 8)))[: shape[0], : shape[1], : shape[2]]
+    coarse = rng.normal(0.0, 1.0, size=(shape[0] // 8 + 2, shape[1] // 8 + 2, shape[2] // 8 + 2))
+    texture = np.kron(coarse, np.ones((8, 8, 8)))[: shape[0], : shape[1], : shape[2]]
     images = {}
     for name, means in _INTENSITY.items():
         lut = np.asarray(means, dtype=np.float64)
@@ -110,9 +123,27 @@ def make_phantom(
 
 
 NAMINGS = {
-    "brats2023": {"t1c": "{id}-t1c", "t1": "{id}-t1n", "t2": "{id}-t2w", "flair": "{id}-t2f", "segmentation": "{id}-seg"},
-    "brats2021": {"t1c": "{id}_t1ce", "t1": "{id}_t1", "t2": "{id}_t2", "flair": "{id}_flair", "segmentation": "{id}_seg"},
-    "toolkit": {"t1c": "{id}_t1c", "t1": "{id}_t1", "t2": "{id}_t2", "flair": "{id}_fla", "segmentation": "{id}_seg"},
+    "brats2023": {
+        "t1c": "{id}-t1c",
+        "t1": "{id}-t1n",
+        "t2": "{id}-t2w",
+        "flair": "{id}-t2f",
+        "segmentation": "{id}-seg",
+    },
+    "brats2021": {
+        "t1c": "{id}_t1ce",
+        "t1": "{id}_t1",
+        "t2": "{id}_t2",
+        "flair": "{id}_flair",
+        "segmentation": "{id}_seg",
+    },
+    "toolkit": {
+        "t1c": "{id}_t1c",
+        "t1": "{id}_t1",
+        "t2": "{id}_t2",
+        "flair": "{id}_fla",
+        "segmentation": "{id}_seg",
+    },
 }
 
 

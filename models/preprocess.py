@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -25,7 +25,7 @@ class Sliceable(Protocol):
     @property
     def shape(self) -> tuple[int, ...]: ...
 
-    def __getitem__(self, key: object) -> np.ndarray: ...
+    def __getitem__(self, key: Any, /) -> Any: ...
 
 
 def _label_mask(seg: np.ndarray, labels: Sequence[int]) -> np.ndarray:

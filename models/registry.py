@@ -95,7 +95,9 @@ def locate_weights(entry: WeightsEntry, verify: bool = True) -> Path:
     else:
         raise NotFound(f"model {entry.model_id!r} names no weights file", field="model_id")
     if not path.is_file():
-        raise NotFound(f"weights file {str(path)!r} for model {entry.model_id!r} does not exist", field="model_id")
+        raise NotFound(
+            f"weights file {str(path)!r} for model {entry.model_id!r} does not exist", field="model_id"
+        )
     if verify:
         found = sha256_file(path)
         if found != entry.sha256:

@@ -104,7 +104,18 @@ class Case:
         EmptySegmentation: no tumour label anywhere.
     """
 
-    __slots__ = ("case_id", "contract", "counts", "flair", "labels", "segmentation", "t1", "t1c", "t2", "warnings")
+    __slots__ = (
+        "case_id",
+        "contract",
+        "counts",
+        "flair",
+        "labels",
+        "segmentation",
+        "t1",
+        "t1c",
+        "t2",
+        "warnings",
+    )
 
     def __init__(
         self,
@@ -273,7 +284,9 @@ class Case:
                     "segmentation mixes label 3 and legacy label 4; both are read as enhancing tumour"
                 )
             else:
-                warnings.append("segmentation uses legacy label 4 for enhancing tumour (BraTS <= 2022); read as label 3")
+                warnings.append(
+                    "segmentation uses legacy label 4 for enhancing tumour (BraTS <= 2022); read as label 3"
+                )
         return labels, counts[: top + 1]
 
     def _check_images(self, warnings: list[str]) -> None:

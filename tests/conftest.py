@@ -30,19 +30,36 @@ def real_cases() -> list[tuple[str, dict[str, Path]]]:
         imgs = {"t1c": "t1c", "t1": "t1n", "t2": "t2w", "flair": "t2f"}
         base = {k: DQE_TEST_DATA / f"{v}.nii.gz" for k, v in imgs.items()}
         for seg in ("seg-BraTS23_1", "seg-BraTS23_1_mapped", "seg-bratstoolkit_isen"):
-            cases.append((f"BraTS-GLI-00001-000/{seg}", {**base, "segmentation": DQE_TEST_DATA / f"{seg}.nii.gz"}))
+            cases.append(
+                (f"BraTS-GLI-00001-000/{seg}", {**base, "segmentation": DQE_TEST_DATA / f"{seg}.nii.gz"})
+            )
     for case in ("TCGA-DU-7294", "OtherEXampleFromTCIA"):
         root = TOOLKIT / case / f"{case}_brainles"
         if not root.is_dir():
             continue
         raw = root / "raw_bet"
-        base = {k: raw / f"{case}_{v}_bet.nii.gz" for k, v in {"t1c": "t1c", "t1": "t1", "t2": "t2", "flair": "fla"}.items()}
-        for seg in sorted((root / "segmentation").glob("*.nii.gz")) + sorted((root / "fusion").glob("*.nii.gz")):
-            cases.append((f"{case}/{seg.parent.name}/{seg.name.split('.')[0]}", {**base, "segmentation": seg}))
+        base = {
+            k: raw / f"{case}_{v}_bet.nii.gz"
+            for k, v in {"t1c": "t1c", "t1": "t1", "t2": "t2", "flair": "fla"}.items()
+        }
+        for seg in sorted((root / "segmentation").glob("*.nii.gz")) + sorted(
+            (root / "fusion").glob("*.nii.gz")
+        ):
+            cases.append(
+                (f"{case}/{seg.parent.name}/{seg.name.split('.')[0]}", {**base, "segmentation": seg})
+            )
     pre = BRATS_CASE / "data" / "preprocessed_case"
     if pre.is_dir():
-        base = {k: pre / f"{v}.nii.gz" for k, v in {"t1c": "t1c", "t1": "t1n", "t2": "t2w", "flair": "t2f"}.items()}
-        cases.append(("brainlesion-BraTS/preprocessed_case", {**base, "segmentation": BRATS_CASE / "outputs" / "segmentation.nii.gz"}))
+        base = {
+            k: pre / f"{v}.nii.gz"
+            for k, v in {"t1c": "t1c", "t1": "t1n", "t2": "t2w", "flair": "t2f"}.items()
+        }
+        cases.append(
+            (
+                "brainlesion-BraTS/preprocessed_case",
+                {**base, "segmentation": BRATS_CASE / "outputs" / "segmentation.nii.gz"},
+            )
+        )
     return cases
 
 

@@ -93,7 +93,9 @@ def test_rejects_mismatched_shapes(small) -> None:
 def test_rejects_unknown_labels_naming_them(small) -> None:
     seg = small.segmentation.copy()
     seg[0, 0, 0] = 7
-    with pytest.raises(InvalidInput, match=r"segmentation has labels \{7\}; expected a subset of \{0, 1, 2, 3, 4\}"):
+    with pytest.raises(
+        InvalidInput, match=r"segmentation has labels \{7\}; expected a subset of \{0, 1, 2, 3, 4\}"
+    ):
         Case.from_arrays(**_arrays(small, segmentation=seg))
 
 

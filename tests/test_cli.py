@@ -37,7 +37,17 @@ def test_score_prints_json(phantom_dir: Path, engine, capsys) -> None:
 
 def test_score_explicit_files_equal_folder(phantom_dir: Path, capsys) -> None:
     files = {p.name.split("-")[-1].split(".")[0]: p for p in phantom_dir.iterdir()}
-    args = ["score", "--t1c", files["t1c"], "--t1", files["t1n"], "--t2", files["t2w"], "--flair", files["t2f"]]
+    args = [
+        "score",
+        "--t1c",
+        files["t1c"],
+        "--t1",
+        files["t1n"],
+        "--t2",
+        files["t2w"],
+        "--flair",
+        files["t2f"],
+    ]
     args += ["--seg", files["seg"], "--threads", "2"]
     assert main([str(a) for a in args]) == 0
     explicit = json.loads(capsys.readouterr().out)

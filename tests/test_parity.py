@@ -67,7 +67,9 @@ def _reference_inputs(files: dict[str, Path]) -> list[np.ndarray]:
 def _check(engine, reference, files: dict[str, Path]) -> None:
     case = Case.from_files(**files)
     ours = engine.score_case(case)
-    ref_mean, ref_views = reference.predict(**{k: files[k] for k in ("t1c", "t1", "t2", "flair", "segmentation")})
+    ref_mean, ref_views = reference.predict(
+        **{k: files[k] for k in ("t1c", "t1", "t2", "flair", "segmentation")}
+    )
     for view in VIEWS:
         assert abs(ours.views[view] - ref_views[view.upper()]) <= TOLERANCE, (view, ours.views, ref_views)
     assert abs(ours.mean_stars - ref_mean) <= TOLERANCE
@@ -90,7 +92,9 @@ def test_stars_match_reference_on_phantoms(engine, reference, phantom_files, nam
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("name,files", real_cases() or [("none", {})], ids=[c[0] for c in real_cases()] or ["none"])
+@pytest.mark.parametrize(
+    "name,files", real_cases() or [("none", {})], ids=[c[0] for c in real_cases()] or ["none"]
+)
 def test_real_cases_match_reference(engine, reference, name: str, files: dict[str, Path]) -> None:
     ref = _reference_inputs(files)
     case = Case.from_files(**files)

@@ -28,7 +28,9 @@ def test_center_of_mass_equals_scipy_truncated(seed: int) -> None:
     seg = np.zeros((50, 60, 40), np.uint8)
     for _ in range(4):
         c = rng.integers(5, 35, 3)
-        seg[c[0] : c[0] + rng.integers(2, 12), c[1] : c[1] + rng.integers(2, 12), c[2] : c[2] + 5] = rng.choice([1, 2, 3, 4])
+        seg[c[0] : c[0] + rng.integers(2, 12), c[1] : c[1] + rng.integers(2, 12), c[2] : c[2] + 5] = (
+            rng.choice([1, 2, 3, 4])
+        )
     mask = np.isin(seg, (1, 3, 4)).astype(np.float64)
     if mask.sum() == 0:
         mask = (seg > 0).astype(np.float64)

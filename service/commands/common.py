@@ -24,7 +24,9 @@ def add_case_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=os.environ.get("DQE_MODEL"), help="model id (default: the reference model)")
+    parser.add_argument(
+        "--model", default=os.environ.get("DQE_MODEL"), help="model id (default: the reference model)"
+    )
     parser.add_argument(
         "--providers",
         default=os.environ.get("DQE_PROVIDERS", "auto"),
@@ -36,7 +38,10 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="fp32 (default, reference parity), bf16 or fp16 where the hardware supports it",
     )
     parser.add_argument(
-        "--threads", type=int, default=int(os.environ.get("DQE_THREADS", "0")), help="intra-op threads (0 = all cores)"
+        "--threads",
+        type=int,
+        default=int(os.environ.get("DQE_THREADS", "0")),
+        help="intra-op threads (0 = all cores)",
     )
 
 
@@ -70,7 +75,7 @@ def load_case(args: argparse.Namespace) -> Case:
 
     files = case_files(args)
     if files is not None:
-        return Case.from_files(**files)
+        return Case.from_files(files["t1c"], files["t1"], files["t2"], files["flair"], files["segmentation"])
     if not args.case_dir:
         raise InvalidInput("give a case folder or all of --t1c --t1 --t2 --flair --seg", field="case_dir")
     found = discover_files(args.case_dir, require_segmentation=args.seg is None)
