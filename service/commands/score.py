@@ -24,8 +24,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_case_args(p)
     add_engine_args(p)
-    p.add_argument("--server", metavar="HOST:PORT", help="score through a running dqe gRPC server instead of locally")
+    p.add_argument(
+        "--server", metavar="HOST:PORT", help="score through a running dqe gRPC server instead of locally"
+    )
     p.add_argument("--gate", action="store_true", help="also run the QC gate and include its verdict")
+    remote = p.add_argument_group("with --server")
+    remote.add_argument(
+        "--deadline", type=float, default=120.0, metavar="S", help="overall deadline in seconds (default 120)"
+    )
+    remote.add_argument(
+        "--retries", type=int, default=3, help="retries on UNAVAILABLE, with backoff (default 3)"
+    )
+    remote.add_argument("--token", help="bearer token (default: $DQE_TOKEN)")
+    remote.add_argument(
+        "--tls", action="store_true", help="use TLS, verifying the server with the system roots"
+    )
+    remote.add_argument(
+        "--tls-ca", metavar="PEM", help="CA that signed the server certificate (implies --tls)"
+    )
+    remote.add_argument("--tls-cert", metavar="PEM", help="client certificate for mutual TLS")
+    remote.add_argument("--tls-key", metavar="PEM", help="client private key for mutual TLS")
+    remote.add_argument(
+        "--tls-server-name", metavar="NAME", help="expected server certificate name, if not the host"
+    )
+    remote.add_argument("--views", action="store_true", help="slice locally and send only the views (~5 MB)")
+    remote.add_argument(
+        "--remote-paths", action="store_true", help="the paths are on the server: send paths, not bytes"
+    )
     p.set_defaults(func=run)
 
 

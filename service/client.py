@@ -1,0 +1,578 @@
+"""A small client for the DQE gRPC service, and ``dqe score --server HOST:PORT``.
+
+>>> with DQEClient("localhost:50051", deadline_s=60) as client:      # doctest: +SKIP
+...     remote = client.score_files("t1c.nii.gz", "t1.nii.gz", "t2.nii.gz", "flair.nii.gz", "seg.nii.gz")
+...     remote.mean_stars
+
+Calls retry on UNAVAILABLE (server starting, warming up or draining) with exponential backoff inside one
+overall deadline. Server errors come back as the same :class:`models.errors.DQEError` subclasses local
+scoring raises (``code``, ``field`` and ``message`` preserved). Never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+
+import models.errors as errors
+from models.contract import PreprocessingContract
+from models.errors import DQEError, InvalidInput
+from service._proto import quality_estimation_pb2 as pb
+from service._proto import quality_estimation_pb2_grpc as pb_grpc
+from service.engine import ScoreResult
+
+if TYPE_CHECKING:
+    import argparse
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+FIELDS = ("t1c", "t1", "t2", "flair", "segmentation")
+_VERDICT_NAMES = {pb.VERDICT_PASS: "pass", pb.VERDICT_REVIEW: "review", pb.VERDICT_FAIL: "fail"}
+_SEVERITY_NAMES = {pb.SEVERITY_INFO: "info", pb.SEVERITY_REVIEW: "review", pb.SEVERITY_FAIL: "fail"}
+_CODE_CLASSES: dict[str, type[DQEError]] = {
+    "INVALID_ARGUMENT": errors.InvalidInput,
+    "NOT_FOUND": errors.NotFound,
+    "PERMISSION_DENIED": errors.PermissionDenied,
+    "UNAUTHENTICATED": errors.Unauthenticated,
+    "UNAVAILABLE": errors.ModelNotReady,
+    "RESOURCE_EXHAUSTED": errors.Overloaded,
+    "FAILED_PRECONDITION": errors.UnsupportedMode,
+}
+
+
+class RemoteError(DQEError):
+    """A server error with a status code outside the domain hierarchy (DEADLINE_EXCEEDED, INTERNAL, ...)."""
+
+    def __init__(
+        self, message: str, *, code: str, field: str | None = None, kind: str = "RemoteError"
+    ) -> None:
+        super().__init__(message, field=field)
+        self.code = code
+        self._kind = kind
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+
+def error_from_rpc(err: grpc.RpcError) -> DQEError:
+    """The :class:`DQEError` a failed call stands for (class from the server's ``dqe-error-kind``)."""
+    code = err.code().name if callable(getattr(err, "code", None)) else "UNKNOWN"  # type: ignore[attr-defined]
+    details = str(err.details() or "") if callable(getattr(err, "details", None)) else str(err)  # type: ignore[attr-defined]
+    trailing = {}
+    if callable(getattr(err, "trailing_metadata", None)):
+        trailing = {k: v for k, v in (err.trailing_metadata() or ())}  # type: ignore[attr-defined]
+    field_name = str(trailing.get("dqe-error-field") or "") or None
+    kind = str(trailing.get("dqe-error-kind") or "")
+    if field_name and details.startswith(f"{field_name}: "):
+        details = details[len(field_name) + 2 :]
+    cls = getattr(errors, kind, None) if kind else None
+    if isinstance(cls, type) and issubclass(cls, DQEError) and cls.code == code:
+        return cls(details, field=field_name)
+    if code in _CODE_CLASSES:
+        return _CODE_CLASSES[code](details, field=field_name)
+    return RemoteError(
+        details or code, code=code, field=field_name, kind=kind or code.title().replace("_", "")
+    )
+
+
+# ---------------------------------------------------------------------------------------------- results
+def gate_from_proto(msg: pb.QCGate) -> Any:
+    """A :class:`service.qc.types.GateResult` from a ``QCGate`` message."""
+    from service.qc.types import Check, GateResult, Verdict
+
+    checks = [
+        Check(
+            name=c.name,
+            value=c.value,
+            threshold=c.threshold,
+            passed=c.passed,
+            severity=_SEVERITY_NAMES.get(c.severity, "unspecified"),
+            message=c.message,
+            unit=c.unit,
+        )
+        for c in msg.checks
+    ]
+    return GateResult(
+        verdict=Verdict(_VERDICT_NAMES.get(msg.verdict, "review")),
+        gate_score=msg.gate_score,
+        reasons=list(msg.reasons),
+        checks=checks,
+        star_threshold=msg.star_threshold,
+        elapsed_ms=msg.elapsed_ms,
+    )
+
+
+@dataclass
+class RemoteScore:
+    """A server's answer: the same :class:`ScoreResult` in-process scoring returns, plus how it ran."""
+
+    result: ScoreResult
+    runtime: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+
+    @property
+    def mean_stars(self) -> float:
+        return self.result.mean_stars
+
+    @property
+    def views(self) -> dict[str, float]:
+        return self.result.views
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON shape ``dqe score`` prints locally (``engine`` = the server's backend)."""
+        out = self.result.to_dict()
+        out["engine"] = dict(self.runtime)
+        return out
+
+    @classmethod
+    def from_proto(cls, msg: pb.ScoreResponse) -> RemoteScore:
+        com = None
+        if msg.HasField("center_of_mass"):
+            com = (msg.center_of_mass.x, msg.center_of_mass.y, msg.center_of_mass.z)
+        result = ScoreResult(
+            mean_stars=msg.mean_stars,
+            views={v.view: v.stars for v in msg.views},
+            center_of_mass=com,
+            warnings=list(msg.warnings),
+            model_id=msg.model.model_id,
+            model_sha256=msg.model.model_sha256,
+            timings_ms=dict(msg.timings_ms),
+            case_id=msg.case_id,
+            gate=gate_from_proto(msg.gate) if msg.HasField("gate") else None,
+        )
+        runtime = {
+            "backend": msg.model.backend,
+            "providers": list(msg.model.providers),
+            "precision": msg.model.precision,
+        }
+        return cls(result=result, runtime=runtime, request_id=msg.request_id)
+
+
+# ---------------------------------------------------------------------------------------------- client
+def _read_pem(value: str | bytes | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+class DQEClient:
+    """Client of ``dqe.v1.QualityEstimation``.
+
+    Args:
+        target: ``host:port``.
+        tls: use TLS (implied by ``ca_cert``); without ``ca_cert`` the system roots verify the server.
+        ca_cert: PEM (path or bytes) of the CA that signed the server certificate.
+        client_cert, client_key: PEM (paths or bytes) for mutual TLS.
+        server_name: expected name in the server certificate when it differs from the target host.
+        token: bearer token sent as ``authorization: Bearer <token>``.
+        deadline_s: overall deadline per call, retries included, in seconds.
+        retries: extra attempts on UNAVAILABLE.
+        backoff_s: first backoff; doubles per attempt (with +-20 % jitter).
+        max_message_mb: largest request/response, in MiB.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool = False,
+        ca_cert: str | bytes | None = None,
+        client_cert: str | bytes | None = None,
+        client_key: str | bytes | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+        deadline_s: float = 120.0,
+        retries: int = 3,
+        backoff_s: float = 0.25,
+        max_message_mb: int = 512,
+    ) -> None:
+        self.target = target
+        self.deadline_s = deadline_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._token = token
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_mb * MIB),
+            ("grpc.max_send_message_length", max_message_mb * MIB),
+        ]
+        if tls or ca_cert is not None or client_cert is not None:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read_pem(ca_cert),
+                private_key=_read_pem(client_key),
+                certificate_chain=_read_pem(client_cert),
+            )
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.QualityEstimationStub(self.channel)
+        self._contract: PreprocessingContract | None = None
+
+    def __enter__(self) -> DQEClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # ------------------------------------------------------------------ plumbing
+    def _metadata(self) -> list[tuple[str, str]]:
+        md = [("x-request-id", uuid.uuid4().hex[:16])]
+        if self._token:
+            md.append(("authorization", f"Bearer {self._token}"))
+        return md
+
+    def _call(self, method: Callable[..., Any], request: Any, deadline_s: float | None = None) -> Any:
+        """One unary call with retries on UNAVAILABLE inside one deadline.
+
+        Raises:
+            DQEError: the server's error (see :func:`error_from_rpc`).
+        """
+        budget = self.deadline_s if deadline_s is None else deadline_s
+        end = time.monotonic() + budget
+        attempt = 0
+        while True:
+            remaining = end - time.monotonic()
+            try:
+                return method(request, timeout=max(remaining, 0.001), metadata=self._metadata())
+            except grpc.RpcError as err:
+                code = err.code() if callable(getattr(err, "code", None)) else None  # type: ignore[attr-defined]
+                if code != grpc.StatusCode.UNAVAILABLE or attempt >= self.retries:
+                    raise error_from_rpc(err) from None
+                pause = self.backoff_s * (2**attempt) * random.uniform(0.8, 1.2)
+                if time.monotonic() + pause >= end:
+                    raise error_from_rpc(err) from None
+                logger.info(
+                    "%s unavailable (%s); retry %d in %.2f s", self.target, err.details(), attempt + 1, pause
+                )  # type: ignore[attr-defined]
+                time.sleep(pause)
+                attempt += 1
+
+    # ------------------------------------------------------------------ request builders
+    @staticmethod
+    def bytes_request(
+        files: Mapping[str, bytes], case_id: str = "", run_gate: bool = False
+    ) -> pb.ScoreCaseRequest:
+        """A ``ScoreCaseRequest`` carrying the five files' bytes (keys: t1c, t1, t2, flair, segmentation)."""
+        return pb.ScoreCaseRequest(
+            case_id=case_id,
+            files=pb.NiftiFiles(**{f: files.get(f, b"") for f in FIELDS}),
+            options=pb.ScoreOptions(run_gate=run_gate),
+        )
+
+    @staticmethod
+    def paths_request(
+        case_dir: str | os.PathLike[str] | None = None,
+        *,
+        case_id: str = "",
+        run_gate: bool = False,
+        **files: str | os.PathLike[str] | None,
+    ) -> pb.ScoreCaseRequest:
+        """A ``ScoreCaseRequest`` naming files on the server (``case_dir`` and/or the five fields)."""
+        unknown = set(files) - set(FIELDS)
+        if unknown:
+            raise InvalidInput(
+                f"unknown file fields {sorted(unknown)}; expected {list(FIELDS)}", field=sorted(unknown)[0]
+            )
+        paths = pb.ServerPaths(case_dir=str(case_dir or ""), **{k: str(v) for k, v in files.items() if v})
+        return pb.ScoreCaseRequest(case_id=case_id, paths=paths, options=pb.ScoreOptions(run_gate=run_gate))
+
+    @staticmethod
+    def views_request(
+        views: np.ndarray, case_id: str = "", center_of_mass: tuple[int, int, int] | None = None
+    ) -> pb.ScoreViewsRequest:
+        """A ``ScoreViewsRequest`` for a ``(3, 7, H, W)`` float32 or float16 array."""
+        views = np.asarray(views)
+        dtypes = {np.dtype(np.float32): pb.DTYPE_FLOAT32, np.dtype(np.float16): pb.DTYPE_FLOAT16}
+        if views.dtype not in dtypes:
+            raise InvalidInput(f"views have dtype {views.dtype}; expected float32 or float16", field="views")
+        data = np.ascontiguousarray(views, dtype=views.dtype.newbyteorder("<")).tobytes()
+        msg = pb.ScoreViewsRequest(
+            case_id=case_id, views=pb.Tensor(data=data, shape=list(views.shape), dtype=dtypes[views.dtype])
+        )
+        if center_of_mass is not None:
+            x, y, z = (int(c) for c in center_of_mass)
+            msg.center_of_mass.CopyFrom(pb.CenterOfMass(x=x, y=y, z=z))
+        return msg
+
+    # ------------------------------------------------------------------ scoring
+    def score_bytes(
+        self,
+        files: Mapping[str, bytes],
+        *,
+        case_id: str = "",
+        run_gate: bool = False,
+        deadline_s: float | None = None,
+    ) -> RemoteScore:
+        """Score a case from the bytes of its five NIfTI files (gzip or not)."""
+        response = self._call(self.stub.ScoreCase, self.bytes_request(files, case_id, run_gate), deadline_s)
+        return RemoteScore.from_proto(response)
+
+    def score_files(
+        self,
+        t1c: str | os.PathLike[str],
+        t1: str | os.PathLike[str],
+        t2: str | os.PathLike[str],
+        flair: str | os.PathLike[str],
+        segmentation: str | os.PathLike[str],
+        *,
+        case_id: str = "",
+        run_gate: bool = False,
+        local_slicing: bool = False,
+        deadline_s: float | None = None,
+    ) -> RemoteScore:
+        """Score local files: sent as bytes, or (``local_slicing``) sliced here and sent as views.
+
+        With ``local_slicing`` the case is decoded and validated locally, only the ``(3, 7, H, W)`` views
+        (about 4.8 MB) travel, and the QC gate (if asked for) runs locally.
+        """
+        paths = {"t1c": t1c, "t1": t1, "t2": t2, "flair": flair, "segmentation": segmentation}
+        case_id = case_id or Path(segmentation).name.split(".")[0]
+        if local_slicing:
+            return self._score_locally_sliced(paths, case_id, run_gate, deadline_s)
+        data = {}
+        for name, p in paths.items():
+            try:
+                data[name] = Path(p).read_bytes()
+            except FileNotFoundError:
+                raise errors.NotFound(f"{name}: file {str(p)!r} does not exist", field=name) from None
+        return self.score_bytes(data, case_id=case_id, run_gate=run_gate, deadline_s=deadline_s)
+
+    def score_paths(
+        self,
+        case_dir: str | os.PathLike[str] | None = None,
+        *,
+        case_id: str = "",
+        run_gate: bool = False,
+        deadline_s: float | None = None,
+        **files: str | os.PathLike[str] | None,
+    ) -> RemoteScore:
+        """Score files on the server's storage (inside its ``--allowed-root`` folders)."""
+        request = self.paths_request(case_dir, case_id=case_id, run_gate=run_gate, **files)
+        return RemoteScore.from_proto(self._call(self.stub.ScoreCase, request, deadline_s))
+
+    def score_views(
+        self,
+        views: np.ndarray,
+        *,
+        case_id: str = "",
+        center_of_mass: tuple[int, int, int] | None = None,
+        deadline_s: float | None = None,
+    ) -> RemoteScore:
+        """Score pre-extracted ``(3, 7, H, W)`` views (float32 exact; float16 halves the bytes)."""
+        request = self.views_request(views, case_id, center_of_mass)
+        return RemoteScore.from_proto(self._call(self.stub.ScoreViews, request, deadline_s))
+
+    def score_batch(
+        self,
+        requests: Iterable[pb.ScoreCaseRequest | pb.ScoreViewsRequest],
+        *,
+        deadline_s: float | None = None,
+    ) -> Iterator[tuple[int, RemoteScore | DQEError]]:
+        """Stream many cases; yields ``(index, RemoteScore or the item's error)`` as results arrive.
+
+        Raises:
+            DQEError: the stream itself failed (auth, deadline, server gone). Not retried.
+        """
+
+        def items() -> Iterator[pb.ScoreBatchRequest]:
+            for r in requests:
+                if isinstance(r, pb.ScoreViewsRequest):
+                    yield pb.ScoreBatchRequest(views=r)
+                else:
+                    yield pb.ScoreBatchRequest(case=r)
+
+        budget = self.deadline_s if deadline_s is None else deadline_s
+        stream = self.stub.ScoreBatch(items(), timeout=budget, metadata=self._metadata())
+        try:
+            for msg in stream:
+                if msg.WhichOneof("outcome") == "result":
+                    yield int(msg.index), RemoteScore.from_proto(msg.result)
+                else:
+                    e = msg.error
+                    cls = getattr(errors, e.kind, None)
+                    if isinstance(cls, type) and issubclass(cls, DQEError) and cls.code == e.code:
+                        err: DQEError = cls(e.message, field=e.field or None)
+                    else:
+                        err = RemoteError(
+                            e.message, code=e.code, field=e.field or None, kind=e.kind or e.code
+                        )
+                    yield int(msg.index), err
+        except grpc.RpcError as rpc_err:
+            raise error_from_rpc(rpc_err) from None
+
+    # ------------------------------------------------------------------ info
+    def model_info(self, deadline_s: float | None = None) -> dict[str, Any]:
+        """The server's model: id, checksums, contract (as a dict), runtime and limits."""
+        msg = self._call(self.stub.GetModelInfo, pb.GetModelInfoRequest(), deadline_s)
+        return {
+            "model_id": msg.model_id,
+            "onnx_sha256": msg.onnx_sha256,
+            "weights_sha256": msg.weights_sha256,
+            "contract": json.loads(msg.contract_json) if msg.contract_json else {},
+            "card": json.loads(msg.card_json) if msg.card_json else {},
+            "backend": msg.runtime.backend,
+            "providers": list(msg.runtime.providers),
+            "precision": msg.runtime.precision,
+            "max_batch_size": msg.max_batch_size,
+            "max_receive_message_bytes": msg.max_receive_message_bytes,
+            "server_paths_enabled": msg.server_paths_enabled,
+        }
+
+    def contract(self) -> PreprocessingContract:
+        """The server model's preprocessing contract (cached)."""
+        if self._contract is None:
+            self._contract = PreprocessingContract.from_dict(self.model_info()["contract"])
+        return self._contract
+
+    def health(self, service: str = "", deadline_s: float = 5.0) -> str:
+        """The server's health status name (``SERVING``, ``NOT_SERVING``, ``SERVICE_UNKNOWN``); not retried.
+
+        Raises:
+            DQEError: the server cannot be reached (UNAVAILABLE -> ModelNotReady).
+        """
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=deadline_s)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                return "SERVICE_UNKNOWN"
+            raise error_from_rpc(err) from None
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+
+    # ------------------------------------------------------------------ local slicing
+    def _score_locally_sliced(
+        self,
+        paths: Mapping[str, str | os.PathLike[str]],
+        case_id: str,
+        run_gate: bool,
+        deadline_s: float | None,
+    ) -> RemoteScore:
+        from models.preprocess import build_views
+        from service.case import Case
+
+        contract = self.contract()
+        t0 = time.perf_counter()
+        case = Case.from_files(**paths, case_id=case_id, contract=contract)  # type: ignore[arg-type]
+        t1 = time.perf_counter()
+        views, com = build_views(case.images, case.labels, contract)
+        t2 = time.perf_counter()
+        if len({v.shape for v in views}) != 1:
+            raise InvalidInput(
+                f"views of grid {case.shape} differ in shape {[v.shape for v in views]}; send the files instead",
+                field="views",
+            )
+        remote = self.score_views(np.stack(views), case_id=case_id, center_of_mass=com, deadline_s=deadline_s)
+        result = remote.result
+        result.warnings = list(case.warnings) + result.warnings
+        result.timings_ms.update({"local_decode": (t1 - t0) * 1e3, "local_preprocess": (t2 - t1) * 1e3})
+        if run_gate:
+            try:
+                from service.qc.gate import evaluate_case
+            except ImportError as exc:
+                result.warnings.append(f"QC gate is not installed here ({exc}); gate fields left empty")
+            else:
+                t3 = time.perf_counter()
+                result.gate = evaluate_case(case, result)
+                result.timings_ms["local_gate"] = (time.perf_counter() - t3) * 1e3
+        return remote
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def client_from_args(args: argparse.Namespace) -> DQEClient:
+    """A client from ``dqe score``'s ``--server``/``--tls-*``/``--token``/``--deadline`` options."""
+    token = getattr(args, "token", None) or os.environ.get("DQE_TOKEN") or None
+    return DQEClient(
+        args.server,
+        tls=bool(getattr(args, "tls", False)),
+        ca_cert=getattr(args, "tls_ca", None),
+        client_cert=getattr(args, "tls_cert", None),
+        client_key=getattr(args, "tls_key", None),
+        server_name=getattr(args, "tls_server_name", None),
+        token=token,
+        deadline_s=float(getattr(args, "deadline", None) or 120.0),
+        retries=3 if getattr(args, "retries", None) is None else int(args.retries),
+    )
+
+
+def _local_case_files(args: argparse.Namespace) -> tuple[dict[str, Path], str]:
+    """The five files and case id ``dqe score`` would score locally (same rules as ``load_case``)."""
+    from service.case import discover_files
+    from service.commands.common import case_files
+
+    explicit = case_files(args)
+    if explicit is not None:
+        files = {k: Path(v) for k, v in explicit.items()}
+        return files, files["segmentation"].name.split(".")[0]
+    if not args.case_dir:
+        raise InvalidInput("give a case folder or all of --t1c --t1 --t2 --flair --seg", field="case_dir")
+    found = discover_files(args.case_dir, require_segmentation=args.seg is None)
+    for name in ("t1c", "t1", "t2", "flair"):
+        if getattr(args, name):
+            found[name] = Path(getattr(args, name))
+    if args.seg:
+        found["segmentation"] = Path(args.seg)
+    return found, Path(args.case_dir).name
+
+
+def score_command(args: argparse.Namespace) -> int:
+    """``dqe score --server HOST:PORT``: same inputs and JSON shape as local ``dqe score``; exit 0 or 2."""
+    from service.commands.common import EXIT_INVALID, error_payload, print_json
+
+    t0 = time.perf_counter()
+    try:
+        with client_from_args(args) as client:
+            if getattr(args, "remote_paths", False):
+                if args.case_dir and not all(getattr(args, f) for f in ("t1c", "t1", "t2", "flair", "seg")):
+                    extra = {f: getattr(args, f) for f in ("t1c", "t1", "t2", "flair") if getattr(args, f)}
+                    if args.seg:
+                        extra["segmentation"] = args.seg
+                    remote = client.score_paths(args.case_dir, run_gate=args.gate, **extra)
+                else:
+                    files, case_id = _local_case_files(args)
+                    remote = client.score_paths(None, case_id=case_id, run_gate=args.gate, **files)  # type: ignore[arg-type]
+            else:
+                files, case_id = _local_case_files(args)
+                remote = client.score_files(
+                    **files,  # type: ignore[arg-type]
+                    case_id=case_id,
+                    run_gate=args.gate,
+                    local_slicing=bool(getattr(args, "views", False)),
+                )
+    except DQEError as exc:
+        print_json(error_payload(exc))
+        return EXIT_INVALID
+    except (OSError, ValueError) as exc:  # unreadable TLS files, bad target
+        print_json(
+            {
+                "error": {
+                    "code": "INVALID_ARGUMENT",
+                    "kind": type(exc).__name__,
+                    "field": None,
+                    "message": str(exc),
+                }
+            }
+        )
+        return EXIT_INVALID
+    out = remote.to_dict()
+    out["timings_ms"]["total"] = round((time.perf_counter() - t0) * 1e3, 3)
+    print_json(out)
+    return 0

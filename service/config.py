@@ -1,0 +1,213 @@
+"""Server configuration: one frozen dataclass filled CLI > ``DQE_*`` environment > defaults.
+
+Parsed in ``dqe serve``'s ``run()`` (never at import time). Each field ``name`` is read from the environment
+variable ``DQE_<NAME>`` (upper case) unless the command line gave it; sequences in the environment are
+separated by ``os.pathsep`` (paths) or commas (providers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.errors import InvalidInput
+from models.registry import DEFAULT_MODEL_ID
+
+MIB = 1024 * 1024
+ENV_PREFIX = "DQE_"
+# Environment names that differ from DQE_<FIELD> (kept compatible with the other commands' variables).
+ENV_NAMES = {"model_id": "DQE_MODEL", "intra_op_threads": "DQE_THREADS"}
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How ``dqe serve`` runs.
+
+    Attributes:
+        host: interface to bind (``0.0.0.0`` all IPv4, ``[::]`` all, ``127.0.0.1`` loopback only).
+        port: gRPC port; 0 picks a free one (see ``port_file``).
+        port_file: write the bound gRPC port to this file once listening (for orchestration and tests).
+        max_message_mb: largest request and response in MiB (gRPC's default is 4 MiB; one case is 10-30 MB
+            compressed, 143 MB raw).
+        handler_threads: gRPC handler threads (concurrent calls being served; the rest wait in gRPC).
+        max_concurrent_rpcs: calls beyond this are refused with RESOURCE_EXHAUSTED by gRPC itself.
+        decode_workers: threads decoding NIfTI and building views (bounds CPU and memory of decoding).
+        max_batch_size: views per inference batch (3 views per case).
+        max_queue_delay_ms: how long the first view of a batch waits for more to arrive.
+        max_queue: views waiting for inference before new requests get RESOURCE_EXHAUSTED.
+        batch_workers: threads running inference batches (2 overlaps host work with a GPU).
+        allowed_roots: folders server-side paths must lie in (after resolving symlinks); empty disables
+            server-side paths.
+        tls_cert, tls_key: PEM server certificate chain and key; both or neither (plaintext).
+        tls_client_ca: PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+        token: bearer token clients must send as ``authorization: Bearer <token>``; empty disables.
+        token_file: read the token from this file instead (keeps it out of the process environment).
+        metrics_port: Prometheus ``/metrics`` HTTP port; 0 picks a free one, negative disables.
+        metrics_host: interface for the metrics server.
+        grace_s: seconds in-flight calls get to finish after SIGTERM.
+        warmup: run a warm-up batch before reporting SERVING.
+        reflection: enable gRPC server reflection (grpcurl).
+        log_format: ``json`` (one object per line) or ``text``.
+        log_level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``.
+        model_id, providers, precision, backend, intra_op_threads: engine settings (see
+            ``service.engine.EngineConfig``).
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 50051
+    port_file: str = ""
+    max_message_mb: int = 512
+    handler_threads: int = 64
+    max_concurrent_rpcs: int = 256
+    decode_workers: int = 2
+    max_batch_size: int = 24
+    max_queue_delay_ms: float = 5.0
+    max_queue: int = 768
+    batch_workers: int = 1
+    allowed_roots: tuple[str, ...] = ()
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    token: str = field(default="", repr=False)
+    token_file: str = ""
+    metrics_port: int = 9464
+    metrics_host: str = "0.0.0.0"
+    grace_s: float = 30.0
+    warmup: bool = True
+    reflection: bool = True
+    log_format: str = "json"
+    log_level: str = "INFO"
+    model_id: str = DEFAULT_MODEL_ID
+    providers: tuple[str, ...] = ("auto",)
+    precision: str = "fp32"
+    backend: str = "auto"
+    intra_op_threads: int = 0
+
+    def __post_init__(self) -> None:
+        positive = (
+            "max_message_mb",
+            "handler_threads",
+            "max_concurrent_rpcs",
+            "decode_workers",
+            "max_batch_size",
+        )
+        for name in (*positive, "max_queue", "batch_workers"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"{name} is {getattr(self, name)}; expected >= 1", field=name)
+        if not 0 <= self.port <= 65535:
+            raise InvalidInput(f"port is {self.port}; expected 0-65535", field="port")
+        if self.max_queue_delay_ms < 0 or self.grace_s < 0:
+            raise InvalidInput("max_queue_delay_ms and grace_s must be >= 0", field="max_queue_delay_ms")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidInput(
+                "give both tls_cert and tls_key, or neither",
+                field="tls_cert" if not self.tls_cert else "tls_key",
+            )
+        if self.tls_client_ca and not self.tls_cert:
+            raise InvalidInput("tls_client_ca (mutual TLS) needs tls_cert and tls_key", field="tls_client_ca")
+        if self.log_format not in ("json", "text"):
+            raise InvalidInput(
+                f"log_format is {self.log_format!r}; expected 'json' or 'text'", field="log_format"
+            )
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb * MIB
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def bearer_token(self) -> str:
+        """The configured token (``token_file`` wins over ``token``), or ``""`` when auth is off.
+
+        Raises:
+            InvalidInput: ``token_file`` cannot be read or is empty.
+        """
+        if self.token_file:
+            try:
+                text = Path(self.token_file).read_text().strip()
+            except OSError as exc:
+                raise InvalidInput(
+                    f"token_file {self.token_file!r} cannot be read ({exc})", field="token_file"
+                ) from exc
+            if not text:
+                raise InvalidInput(f"token_file {self.token_file!r} is empty", field="token_file")
+            return text
+        return self.token
+
+    def engine_config(self) -> Any:
+        """The :class:`service.engine.EngineConfig` these settings describe."""
+        from service.engine import EngineConfig
+
+        return EngineConfig(
+            model_id=self.model_id,
+            providers=self.providers,
+            precision=self.precision,
+            backend=self.backend,
+            intra_op_threads=self.intra_op_threads,
+        )
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        return ENV_NAMES.get(name, ENV_PREFIX + name.upper())
+
+    @classmethod
+    def from_sources(
+        cls, cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> ServerConfig:
+        """Settings from command-line values (``None`` = not given), then ``DQE_*`` variables, then defaults.
+
+        Raises:
+            InvalidInput: a value cannot be parsed (the message names the variable or flag).
+        """
+        cli = cli or {}
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            given = cli.get(f.name)
+            if given is not None:
+                values[f.name] = _coerce(f.name, f.default, given, source=f"--{f.name.replace('_', '-')}")
+                continue
+            var = cls.env_name(f.name)
+            if env.get(var, "") != "":
+                values[f.name] = _coerce(f.name, f.default, env[var], source=var)
+        return cls(**values)
+
+
+def _coerce(name: str, default: Any, value: Any, source: str) -> Any:
+    """``value`` (a CLI value or an environment string) as the type of ``default``."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                sep = os.pathsep if name == "allowed_roots" else ","
+                return tuple(v.strip() for v in value.split(sep) if v.strip())
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(
+            f"{source} is {value!r}; expected {type(default).__name__} ({exc})", field=name
+        ) from exc

@@ -1,0 +1,274 @@
+"""The gRPC server: the servicer plus health, reflection, TLS, auth, metrics, warm-up and a clean drain.
+
+``create_server(config, engine=None) -> (server, port)`` binds, starts listening at once (health answers
+NOT_SERVING) and loads and warms the model in a background thread; health turns SERVING after the warm-up
+batch ran. ``server.stop(grace)`` turns health NOT_SERVING, refuses new calls, lets in-flight calls finish
+within ``grace`` seconds, then stops the batcher. Serving never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from models.errors import InvalidInput
+from service._proto import quality_estimation_pb2_grpc as pb_grpc
+from service.batching import DynamicBatcher
+from service.config import ServerConfig
+from service.interceptor import REQUEST_ID, ServiceInterceptor
+from service.metrics import Metrics
+from service.servicer import SERVICE_NAME, PathPolicy, QualityEstimationServicer, Runtime
+
+if TYPE_CHECKING:
+    from service.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class DQEServer:
+    """A running DQE gRPC server (made by :func:`create_server`)."""
+
+    def __init__(self, config: ServerConfig, engine: Engine | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.health = health.HealthServicer(
+            experimental_non_blocking=True, experimental_thread_pool=ThreadPoolExecutor(max_workers=2)
+        )
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, NOT_SERVING)
+        self.runtime = Runtime(
+            config=config,
+            decode_pool=ThreadPoolExecutor(
+                max_workers=config.decode_workers, thread_name_prefix="dqe-decode"
+            ),
+            paths=PathPolicy(config.allowed_roots),
+        )
+        self._engine = engine
+        self.ready = threading.Event()
+        self.failed: BaseException | None = None
+        self._done = threading.Event()
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.metrics_port: int | None = None
+        self.grpc_server = grpc.server(
+            ThreadPoolExecutor(max_workers=config.handler_threads, thread_name_prefix="dqe-grpc"),
+            interceptors=[ServiceInterceptor(token=config.bearer_token(), metrics=self.metrics)],
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        pb_grpc.add_QualityEstimationServicer_to_server(
+            QualityEstimationServicer(self.runtime), self.grpc_server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        if config.reflection:
+            from grpc_reflection.v1alpha import reflection
+
+            names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, self.grpc_server)
+        self.port = self._bind()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _bind(self) -> int:
+        cfg = self.config
+        address = cfg.address
+        if cfg.tls:
+            creds = grpc.ssl_server_credentials(
+                [(_read(cfg.tls_key, "tls_key"), _read(cfg.tls_cert, "tls_cert"))],
+                root_certificates=_read(cfg.tls_client_ca, "tls_client_ca") if cfg.tls_client_ca else None,
+                require_client_auth=bool(cfg.tls_client_ca),
+            )
+            port = self.grpc_server.add_secure_port(address, creds)
+        else:
+            port = self.grpc_server.add_insecure_port(address)
+        if port == 0:
+            raise InvalidInput(f"cannot bind {address} (in use or not a local address)", field="port")
+        return int(port)
+
+    def start(self) -> None:
+        """Start serving (health NOT_SERVING) and load + warm up the model in the background."""
+        self.grpc_server.start()
+        if self.config.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
+        if self.config.port_file:
+            Path(self.config.port_file).write_text(f"{self.port}\n")
+        logger.info(
+            "listening on %s:%d (%s)",
+            self.config.host,
+            self.port,
+            "mTLS" if self.config.tls_client_ca else "TLS" if self.config.tls else "plaintext",
+            extra={"event": "listening", "port": self.port, "metrics_port": self.metrics_port},
+        )
+        threading.Thread(target=self._load_and_warm, name="dqe-warmup", daemon=True).start()
+
+    def _load_and_warm(self) -> None:
+        try:
+            engine = self._engine
+            if engine is None:
+                from service.engine import Engine
+
+                engine = Engine(self.config.engine_config())
+            batcher = DynamicBatcher(
+                engine.run,
+                max_batch_size=self.config.max_batch_size,
+                max_queue_delay_s=self.config.max_queue_delay_ms / 1e3,
+                max_queue=self.config.max_queue,
+                workers=self.config.batch_workers,
+                observer=self.metrics.observe_batch,
+                on_drop=lambda reason: self.metrics.dropped.labels(reason).inc(),
+            )
+            if self.config.warmup:
+                self._warm_up(engine)
+            self.runtime.engine, self.runtime.batcher = engine, batcher
+        except BaseException as exc:
+            self.failed = exc
+            logger.error(
+                "model load / warm-up failed: %s", exc, exc_info=exc, extra={"event": "warmup_failed"}
+            )
+            self._done.set()
+            return
+        with self._stop_lock:
+            if not self._stopped.is_set():
+                for name in ("", SERVICE_NAME):
+                    self.health.set(name, SERVING)
+                self.metrics.ready.set(1)
+        self.ready.set()
+        self._done.set()
+
+    def _warm_up(self, engine: Engine) -> None:
+        """Run the batch sizes the server will see first (the engine's static sizes on accelerators, else a
+        case of 3 views), so the first real request does not pay for session or TensorRT engine builds."""
+        t0 = time.perf_counter()
+        warm = getattr(engine, "warmup", None)
+        if callable(warm):
+            warm()
+        else:
+            contract = engine.contract
+            engine.run(
+                np.zeros((len(contract.views), contract.n_channels, *contract.spatial_size), dtype=np.float32)
+            )
+        logger.info("warm-up took %.0f ms", (time.perf_counter() - t0) * 1e3, extra={"event": "warmup"})
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the model is warm (True) or loading failed / timed out (False; see ``failed``)."""
+        self._done.wait(timeout)
+        return self.ready.is_set()
+
+    def health_status(self) -> str:
+        """What the health service reports for this server: ``SERVING`` or ``NOT_SERVING``."""
+        return "SERVING" if self.ready.is_set() and not self._stopped.is_set() else "NOT_SERVING"
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain: health NOT_SERVING, refuse new calls, finish in-flight ones within ``grace`` s, then stop."""
+        grace = self.config.grace_s if grace is None else grace
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+            self.health.enter_graceful_shutdown()
+            self.metrics.ready.set(0)
+        logger.info("draining (grace %.1f s)", grace, extra={"event": "draining"})
+        t0 = time.perf_counter()
+        self.grpc_server.stop(grace).wait()
+        if self.runtime.batcher is not None:
+            self.runtime.batcher.close(timeout=max(grace, 1.0))
+        self.runtime.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.shutdown()
+        logger.info("stopped after %.2f s", time.perf_counter() - t0, extra={"event": "stopped"})
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return bool(self.grpc_server.wait_for_termination(timeout))
+
+
+def create_server(config: ServerConfig, engine: Engine | None = None) -> tuple[DQEServer, int]:
+    """Build, bind and start a server; the model loads and warms up in the background.
+
+    Args:
+        config: server settings.
+        engine: an already loaded engine (tests, embedding); ``None`` loads ``config``'s model.
+
+    Returns:
+        The running server and the bound port (useful with ``port=0``).
+
+    Raises:
+        InvalidInput: the address cannot be bound, or TLS files cannot be read.
+    """
+    server = DQEServer(config, engine)
+    server.start()
+    return server, server.port
+
+
+def _read(path: str, field: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"{field} file {path!r} cannot be read ({exc})", field=field) from exc
+
+
+# ---------------------------------------------------------------------------------------------- logging
+_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id and any ``extra`` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": getattr(record, "request_id", REQUEST_ID.get()),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and key not in out:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``request_id`` (the call being handled in this thread) to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = REQUEST_ID.get()
+        return True
+
+
+def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
+    """Entry-point logging for ``dqe serve``: JSON (or text) lines on stderr with request ids."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+        )
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
