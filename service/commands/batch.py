@@ -1,0 +1,89 @@
+"""``dqe batch``: score every team's segmentation of every case of a challenge dataset."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from service.commands.common import EXIT_INVALID, add_engine_args, engine_config, error_payload, print_json
+
+DESCRIPTION = """\
+Score a BraTS-style dataset: CASES_DIR holds one folder per case (four MR images, BraTS 2021/2023/Toolkit
+names); each SUBMISSION_DIR holds one segmentation per case named <case id>.nii.gz (the folder name is the
+team). Writes OUT_DIR/scores.csv, scores.parquet, summary.json, report.html and png/. Results are journaled
+as they finish (OUT_DIR/journal.jsonl): re-running skips what is done. Exit 0 when the run completed (failed
+segmentations are rows with an error), 2 when the dataset or model cannot be used.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="score many teams' segmentations of many cases; tables, summary and an HTML report",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("cases_dir", metavar="CASES_DIR", help="folder of case folders")
+    p.add_argument("submissions", metavar="SUBMISSION_DIR", nargs="+", help="one folder per team")
+    p.add_argument(
+        "--out", required=True, metavar="OUT_DIR", help="output folder (created; reused to resume)"
+    )
+    p.add_argument(
+        "--labels", metavar="GT_DIR", help="ground-truth folder (<case id>.nii.gz): adds Dice, HD95, NSD"
+    )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local threads or Ray Data (default local)",
+    )
+    p.add_argument(
+        "--gate", action=argparse.BooleanOptionalAction, default=True, help="QC gate verdicts (default on)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("DQE_BATCH_WORKERS", "2")),
+        help="decoding threads (local) / actors (ray) (default 2)",
+    )
+    p.add_argument("--prefetch", type=int, default=1, help="prepared cases waiting for inference (default 1)")
+    p.add_argument(
+        "--ray-address", default=None, help="Ray cluster address (default $RAY_ADDRESS or a local Ray)"
+    )
+    p.add_argument(
+        "--nsd-tolerance", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)"
+    )
+    p.add_argument(
+        "--report-images", type=int, default=100, help="worst segmentations shown with views (default 100)"
+    )
+    p.add_argument("--no-images", action="store_true", help="do not render per-segmentation PNGs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_engine_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.errors import DQEError
+    from service.batch import BatchOptions, run_batch
+
+    options = BatchOptions(
+        engine=args.engine,
+        gate=args.gate,
+        workers=max(1, args.workers),
+        prefetch=max(1, args.prefetch),
+        ray_concurrency=max(1, args.workers),
+        ray_address=args.ray_address,
+        nsd_tolerance_mm=args.nsd_tolerance,
+        images=not args.no_images,
+        report_images=max(0, args.report_images),
+        progress=not args.no_progress,
+    )
+    try:
+        outcome = run_batch(
+            args.cases_dir, args.submissions, args.out, args.labels, engine_config(args), options
+        )
+    except DQEError as exc:
+        print_json(error_payload(exc))
+        return EXIT_INVALID
+    print_json(outcome.to_dict())
+    return 0
