@@ -21,7 +21,9 @@ REFERENCE_EXPECTED_MEAN = 5.315626939137776  # deep_quality_estimation 0.0.3's o
 def _case_files(tmp: Path) -> tuple[str, dict[str, Path]]:
     if REAL.is_dir():
         names = {"t1c": "t1c", "t1": "t1n", "t2": "t2w", "flair": "t2f", "segmentation": "seg-BraTS23_1"}
-        return "BraTS-GLI-00001-000 (real, ../shared/data)", {k: REAL / f"{v}.nii.gz" for k, v in names.items()}
+        return "BraTS-GLI-00001-000 (real, ../shared/data)", {
+            k: REAL / f"{v}.nii.gz" for k, v in names.items()
+        }
     from models.phantom import make_phantom, write_case
 
     return "synthetic phantom (seed 0)", write_case(make_phantom(seed=0), tmp / "PHANTOM-00000-000")
@@ -37,20 +39,36 @@ def main() -> int:
 
     t0 = time.perf_counter()
     art = ensure_model(DEFAULT_MODEL_ID)
-    print(f"[demo] model {art.model_id} ready in {art.directory} (onnx sha256 {art.onnx_sha256[:12]}...)", file=sys.stderr)
-    config = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, log_format="text", log_level="WARNING", grace_s=5.0)
+    print(
+        f"[demo] model {art.model_id} ready in {art.directory} (onnx sha256 {art.onnx_sha256[:12]}...)",
+        file=sys.stderr,
+    )
+    config = ServerConfig(
+        host="127.0.0.1", port=0, metrics_port=-1, log_format="text", log_level="WARNING", grace_s=5.0
+    )
     server, port = create_server(config)
     try:
         if not server.wait_ready(timeout=300):
             print("[demo] server did not become SERVING", file=sys.stderr)
             return 1
-        print(f"[demo] dqe gRPC server SERVING on 127.0.0.1:{port} after {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        print(
+            f"[demo] dqe gRPC server SERVING on 127.0.0.1:{port} after {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             label, files = _case_files(Path(tmp))
             print(f"[demo] scoring {label} over gRPC (NIfTI bytes, QC gate on)", file=sys.stderr)
             with DQEClient(f"127.0.0.1:{port}", deadline_s=120) as client:
                 health = client.health()
-                remote = client.score_files(**files, case_id=label.split(" ")[0], run_gate=True)
+                remote = client.score_files(
+                    files["t1c"],
+                    files["t1"],
+                    files["t2"],
+                    files["flair"],
+                    files["segmentation"],
+                    case_id=label.split(" ")[0],
+                    run_gate=True,
+                )
         result = remote.to_dict()
         result["health"] = health
         print(json.dumps(result, indent=2, default=str))
