@@ -1,0 +1,125 @@
+"""``dqe gate`` (one case: verdict as JSON, exit code for shell pipelines) and ``dqe gate-eval`` (ROC of
+stars alone vs the gate on a labelled list of cases)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from service.commands.common import (
+    EXIT_INVALID,
+    add_case_args,
+    add_engine_args,
+    engine_config,
+    error_payload,
+    load_case,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from service.qc.config import GateConfig
+
+EXIT_PASS, EXIT_FAIL, EXIT_REVIEW = 0, 1, 3
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gate",
+        help="QC gate for one case: stars + plausibility checks -> pass / review / fail (JSON)",
+        description=(
+            "Score a segmentation and run the QC gate. Prints the score result with its gate verdict as JSON. "
+            "Exit 0 pass, 1 fail (an empty segmentation fails), 3 review, 2 invalid input."
+        ),
+    )
+    add_case_args(p)
+    add_engine_args(p)
+    p.add_argument(
+        "--star-threshold", type=float, default=None, help="review below this many stars (default 3.0)"
+    )
+    p.set_defaults(func=run)
+
+    e = sub.add_parser(
+        "gate-eval",
+        help="evaluate the gate vs stars alone on a labelled CSV list (ROC AUC, confusion table, ROC plot)",
+        description=(
+            "LIST.csv has columns t1c,t1,t2,flair,segmentation,label (label good or bad; optional columns "
+            "case and mode are carried into the report). Prints a JSON summary and writes summary.json, "
+            "results.csv and roc.png to --out."
+        ),
+    )
+    e.add_argument("list_csv", type=Path, metavar="LIST.csv")
+    e.add_argument("--out", type=Path, default=Path("gate-eval"), help="output folder (default ./gate-eval)")
+    add_engine_args(e)
+    e.add_argument(
+        "--star-threshold", type=float, default=None, help="review below this many stars (default 3.0)"
+    )
+    e.add_argument("--no-plot", action="store_true", help="skip the ROC plot (no matplotlib needed)")
+    e.set_defaults(func=run_eval)
+
+
+def _config(args: argparse.Namespace) -> GateConfig:
+    from service.qc.config import GateConfig
+
+    if args.star_threshold is None:
+        return GateConfig()
+    return GateConfig(star_threshold=args.star_threshold)
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.errors import DQEError, EmptySegmentation
+    from service.qc.gate import EXIT_CODES, empty_segmentation_result, evaluate_case
+
+    t0 = time.perf_counter()
+    cfg = _config(args)
+    try:
+        from service.engine import Engine
+
+        engine = Engine(engine_config(args))
+        t1 = time.perf_counter()
+        try:
+            case = load_case(args)
+        except EmptySegmentation as exc:
+            gate = empty_segmentation_result(exc.message, cfg)
+            print_json(
+                {
+                    "case_id": getattr(args, "case_dir", None) or args.seg,
+                    "mean_stars": None,
+                    "gate": gate.to_dict(),
+                }
+            )
+            return EXIT_FAIL
+        t2 = time.perf_counter()
+        result = engine.score_case(case)
+        result.gate = evaluate_case(case, result, cfg)
+        t3 = time.perf_counter()
+    except DQEError as exc:
+        print_json(error_payload(exc))
+        return EXIT_INVALID
+    out = result.to_dict()
+    out["timings_ms"].update(
+        {
+            "engine_load": (t1 - t0) * 1e3,
+            "decode": (t2 - t1) * 1e3,
+            "gate": result.gate.elapsed_ms,
+            "total": (t3 - t0) * 1e3,
+        }
+    )
+    print_json(out)
+    return EXIT_CODES[result.gate.verdict]
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from models.errors import DQEError
+    from service.qc.evaluate import evaluate_list
+
+    try:
+        summary = evaluate_list(
+            args.list_csv, args.out, engine_config(args), _config(args), plot=not args.no_plot
+        )
+    except DQEError as exc:
+        print_json(error_payload(exc))
+        return EXIT_INVALID
+    print_json(summary)
+    return 0

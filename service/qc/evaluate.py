@@ -1,0 +1,340 @@
+"""Gate evaluation on a labelled list of cases: ROC AUC of stars alone vs the gate score, the confusion
+table at the default settings, a ROC plot and per-case results.
+
+The list is a CSV with columns ``t1c,t1,t2,flair,segmentation,label`` (paths, relative ones resolved
+against the CSV's folder; ``label`` is ``good`` or ``bad``); optional ``case`` and ``mode`` columns are
+carried into the report (``mode`` gives a per-failure-mode table).
+
+AUC here is the probability that a good segmentation ranks above a bad one (ties count half). A
+segmentation with no tumour label cannot be scored: it gets the gate's ``fail`` verdict and ranks lowest
+for the stars as well (a pipeline would reject it either way).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from models.errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from service.engine import EngineConfig
+    from service.qc.config import GateConfig
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = ("t1c", "t1", "t2", "flair", "segmentation", "label")
+LABELS = ("good", "bad")
+IMAGE_CACHE = 2  # decoded image sets kept (segmentations of one exam are usually listed together)
+
+
+@dataclass
+class Row:
+    """One line of the list and what the gate made of it."""
+
+    files: dict[str, Path]
+    label: str
+    case: str = ""
+    mode: str = ""
+    mean_stars: float | None = None
+    views: dict[str, float] = field(default_factory=dict)
+    verdict: str = ""
+    gate_score: float | None = None
+    reasons: list[str] = field(default_factory=list)
+    failed_checks: list[str] = field(default_factory=list)
+    score_ms: float = 0.0
+    gate_ms: float = 0.0
+    error: str = ""
+
+
+def read_list(path: str | Path) -> list[Row]:
+    """Parse and validate the CSV list.
+
+    Raises:
+        NotFound: the CSV does not exist.
+        InvalidInput: a required column is missing, a label is not good/bad, or the list is empty.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NotFound(f"list {str(path)!r} does not exist", field="list_csv")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InvalidInput(
+                f"list {path.name} lacks columns {missing}; expected {','.join(COLUMNS)}", field="list_csv"
+            )
+        rows = []
+        for i, rec in enumerate(reader, start=2):
+            label = (rec["label"] or "").strip().lower()
+            if label not in LABELS:
+                raise InvalidInput(
+                    f"{path.name} line {i}: label {rec['label']!r}; expected good or bad", field="label"
+                )
+            files = {}
+            for key in COLUMNS[:5]:
+                p = Path((rec[key] or "").strip())
+                files[key] = p if p.is_absolute() else (path.parent / p)
+            rows.append(
+                Row(
+                    files=files,
+                    label=label,
+                    case=(rec.get("case") or "").strip(),
+                    mode=(rec.get("mode") or "").strip(),
+                )
+            )
+    if not rows:
+        raise InvalidInput(f"list {path.name} has no rows", field="list_csv")
+    return rows
+
+
+def auc(good: Sequence[float], bad: Sequence[float]) -> float:
+    """P(score of a good case > score of a bad case), ties counting half (Mann-Whitney U / n_good n_bad)."""
+    g = np.asarray(good, dtype=float)
+    b = np.asarray(bad, dtype=float)
+    if g.size == 0 or b.size == 0:
+        return float("nan")
+    greater = (g[:, None] > b[None, :]).sum()
+    ties = (g[:, None] == b[None, :]).sum()
+    return float((greater + 0.5 * ties) / (g.size * b.size))
+
+
+def roc_points(good: Sequence[float], bad: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """ROC of flagging a case as bad when its score is <= t: (false-positive rate on good, true-positive
+    rate on bad) for every threshold, from (0, 0) to (1, 1)."""
+    g = np.asarray(good, dtype=float)
+    b = np.asarray(bad, dtype=float)
+    thresholds = np.unique(np.concatenate([g, b]))
+    fpr = [0.0] + [float((g <= t).mean()) for t in thresholds]
+    tpr = [0.0] + [float((b <= t).mean()) for t in thresholds]
+    return np.asarray(fpr), np.asarray(tpr)
+
+
+def _rank_value(v: float | None) -> float:
+    return -math.inf if v is None else float(v)
+
+
+def evaluate_rows(rows: list[Row], engine_config: EngineConfig, gate_config: GateConfig) -> None:
+    """Score and gate every row in place (errors other than an empty segmentation are recorded)."""
+    from models.errors import DQEError, EmptySegmentation
+    from service.case import MODALITIES, Case
+    from service.engine import Engine
+    from service.qc.gate import empty_segmentation_result, evaluate_case
+
+    engine = Engine(engine_config)
+    cache: OrderedDict[tuple[str, ...], dict[str, Any]] = OrderedDict()
+    for n, row in enumerate(rows, start=1):
+        key = tuple(str(row.files[m]) for m in MODALITIES)
+        images = cache.get(key)
+        try:
+            case = Case.from_files(**row.files, case_id=row.case or None, images=images)  # type: ignore[arg-type]
+        except EmptySegmentation as exc:
+            gate = empty_segmentation_result(exc.message, gate_config)
+            row.verdict, row.gate_score, row.reasons = gate.verdict.value, gate.gate_score, list(gate.reasons)
+            row.failed_checks = [c.name for c in gate.checks if not c.passed]
+            continue
+        except DQEError as exc:
+            row.error = f"{exc.kind}: {exc.message}"
+            logger.warning("row %d skipped: %s", n, row.error)
+            continue
+        if images is None:
+            cache[key] = dict(zip(MODALITIES, case.images, strict=True))
+            while len(cache) > IMAGE_CACHE:
+                cache.popitem(last=False)
+        t0 = time.perf_counter()
+        result = engine.score_case(case)
+        row.score_ms = (time.perf_counter() - t0) * 1e3
+        gate = evaluate_case(case, result, gate_config)
+        row.mean_stars, row.views = result.mean_stars, dict(result.views)
+        row.verdict, row.gate_score, row.reasons = gate.verdict.value, gate.gate_score, list(gate.reasons)
+        row.failed_checks = [c.name for c in gate.checks if not c.passed and c.severity in ("fail", "review")]
+        row.gate_ms = gate.elapsed_ms
+        logger.info(
+            "%d/%d %s %s: %.2f stars, %s",
+            n,
+            len(rows),
+            row.label,
+            row.case or row.files["segmentation"].name,
+            row.mean_stars,
+            row.verdict,
+        )
+
+
+def summarize(rows: list[Row], gate_config: GateConfig) -> dict[str, Any]:
+    """AUCs, confusion tables, false fails, per-mode table and timing of evaluated rows."""
+    done = [r for r in rows if not r.error]
+    good = [r for r in done if r.label == "good"]
+    bad = [r for r in done if r.label == "bad"]
+    confusion = {lab: dict(Counter(r.verdict for r in done if r.label == lab)) for lab in LABELS}
+    for lab in LABELS:
+        for v in ("pass", "review", "fail"):
+            confusion[lab].setdefault(v, 0)
+    thr = gate_config.star_threshold
+    stars_flag = {
+        lab: sum(1 for r in done if r.label == lab and (r.mean_stars is None or r.mean_stars < thr))
+        for lab in LABELS
+    }
+    per_mode: dict[str, dict[str, Any]] = {}
+    for r in done:
+        key = r.mode or r.label
+        entry = per_mode.setdefault(key, {"n": 0, "pass": 0, "review": 0, "fail": 0, "stars": []})
+        entry["n"] += 1
+        entry[r.verdict] += 1
+        if r.mean_stars is not None:
+            entry["stars"].append(r.mean_stars)
+    for entry in per_mode.values():
+        s = entry.pop("stars")
+        entry["stars_min"] = round(min(s), 3) if s else None
+        entry["stars_max"] = round(max(s), 3) if s else None
+    gate_ms = np.asarray([r.gate_ms for r in done if r.gate_ms > 0])
+    score_ms = np.asarray([r.score_ms for r in done if r.score_ms > 0])
+
+    def pct(a: np.ndarray, q: float) -> float | None:
+        return round(float(np.percentile(a, q)), 2) if a.size else None
+
+    return {
+        "n": len(rows),
+        "n_good": len(good),
+        "n_bad": len(bad),
+        "n_errors": len(rows) - len(done),
+        "errors": [{"segmentation": str(r.files["segmentation"]), "error": r.error} for r in rows if r.error],
+        "auc_stars": auc([_rank_value(r.mean_stars) for r in good], [_rank_value(r.mean_stars) for r in bad]),
+        "auc_gate": auc(
+            [float(r.gate_score or 0.0) for r in good], [float(r.gate_score or 0.0) for r in bad]
+        ),
+        "confusion": confusion,
+        "false_fails_good": confusion["good"]["fail"],
+        "flagged_good": confusion["good"]["review"] + confusion["good"]["fail"],
+        "flagged_bad": confusion["bad"]["review"] + confusion["bad"]["fail"],
+        "missed_bad": confusion["bad"]["pass"],
+        "stars_alone": {
+            "threshold": thr,
+            "flagged_good": stars_flag["good"],
+            "flagged_bad": stars_flag["bad"],
+            "missed_bad": len(bad) - stars_flag["bad"],
+        },
+        "per_mode": per_mode,
+        "gate_ms": {"median": pct(gate_ms, 50), "p95": pct(gate_ms, 95), "max": pct(gate_ms, 100)},
+        "score_ms": {"median": pct(score_ms, 50), "p95": pct(score_ms, 95)},
+        "missed": [
+            {
+                "case": r.case,
+                "mode": r.mode,
+                "segmentation": str(r.files["segmentation"]),
+                "stars": r.mean_stars,
+            }
+            for r in bad
+            if r.verdict == "pass"
+        ],
+        "failed_good": [
+            {"case": r.case, "segmentation": str(r.files["segmentation"]), "reasons": r.reasons}
+            for r in good
+            if r.verdict == "fail"
+        ],
+    }
+
+
+def write_results(rows: list[Row], path: Path) -> None:
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(
+            [
+                "case",
+                "mode",
+                "label",
+                "segmentation",
+                "mean_stars",
+                "axial",
+                "coronal",
+                "sagittal",
+                "verdict",
+                "gate_score",
+                "failed_checks",
+                "score_ms",
+                "gate_ms",
+                "error",
+            ]
+        )
+        for r in rows:
+            w.writerow(
+                [
+                    r.case,
+                    r.mode,
+                    r.label,
+                    str(r.files["segmentation"]),
+                    "" if r.mean_stars is None else f"{r.mean_stars:.4f}",
+                    *(f"{r.views[v]:.4f}" if v in r.views else "" for v in ("axial", "coronal", "sagittal")),
+                    r.verdict,
+                    "" if r.gate_score is None else f"{r.gate_score:.4f}",
+                    ";".join(r.failed_checks),
+                    f"{r.score_ms:.1f}",
+                    f"{r.gate_ms:.2f}",
+                    r.error,
+                ]
+            )
+
+
+def plot_roc(rows: list[Row], summary: dict[str, Any], path: Path) -> None:
+    """ROC curves of stars alone and of the gate score (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if not r.error]
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=120)
+    for name, key, value in (
+        ("stars alone", "auc_stars", lambda r: _rank_value(r.mean_stars)),
+        ("QC gate", "auc_gate", lambda r: float(r.gate_score or 0.0)),
+    ):
+        fpr, tpr = roc_points(
+            [value(r) for r in done if r.label == "good"], [value(r) for r in done if r.label == "bad"]
+        )
+        ax.plot(fpr, tpr, label=f"{name} (AUC {summary[key]:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("good segmentations flagged (false-positive rate)")
+    ax.set_ylabel("bad segmentations flagged (true-positive rate)")
+    ax.set_title(f"{summary['n_good']} good vs {summary['n_bad']} bad segmentations")
+    ax.legend(loc="lower right")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def evaluate_list(
+    list_csv: str | Path,
+    out_dir: str | Path,
+    engine_config: EngineConfig,
+    gate_config: GateConfig,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Run the whole evaluation and write ``summary.json``, ``results.csv`` and ``roc.png`` to ``out_dir``.
+
+    Returns:
+        The summary (also written as JSON), with the paths written under ``files``.
+    """
+    rows = read_list(list_csv)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluate_rows(rows, engine_config, gate_config)
+    summary = summarize(rows, gate_config)
+    files = {"summary": out / "summary.json", "results": out / "results.csv"}
+    write_results(rows, files["results"])
+    if plot and summary["n_good"] and summary["n_bad"]:
+        files["roc"] = out / "roc.png"
+        plot_roc(rows, summary, files["roc"])
+    summary["files"] = {k: str(v) for k, v in files.items()}
+    files["summary"].write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
