@@ -1,36 +1,55 @@
-"""The scoring engine: preprocessing + an ONNX Runtime session, NumPy in, dataclasses out.
+"""The scoring engine: preprocessing + an inference backend, NumPy in, dataclasses out.
 
 It never imports grpc, so it is tested, benchmarked and used by the batch scorer without a server. The
-session is built once; ``InferenceSession.run`` is thread-safe, so one engine serves many threads.
+backend (:mod:`service.backends`) is chosen once from the configured precision and the hardware: ONNX
+Runtime fp32 by default (reference parity), OpenVINO bf16 on CPUs with AMX/AVX512-BF16, ONNX Runtime
+TensorRT/CUDA fp16 on GPUs. A mode the machine cannot run raises ``UnsupportedMode``; the engine never falls
+back silently and says what it runs in :meth:`Engine.info` and its log. Every backend's ``run`` is
+thread-safe, so one engine serves many threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from models.artifacts import ModelArtifacts, ensure_model
 from models.contract import PreprocessingContract
-from models.errors import InvalidInput, UnsupportedMode
+from models.errors import InvalidInput
 from models.preprocess import build_views
 from models.registry import DEFAULT_MODEL_ID
+from service.backends import (
+    AUTO_ORDER,
+    PROVIDER_ALIASES,
+    Backend,
+    Plan,
+    make_backend,
+    mode_key,
+    plan_backend,
+    resolve_providers,
+)
 from service.case import Case
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "AUTO_ORDER",
+    "PROVIDER_ALIASES",
+    "Backend",
+    "Engine",
+    "EngineConfig",
+    "Plan",
+    "ScoreResult",
+    "make_backend",
+    "plan_backend",
+    "resolve_providers",
+]
 
-PROVIDER_ALIASES = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-}
-AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,13 +58,22 @@ class EngineConfig:
 
     Attributes:
         model_id: registered model to load from the model home (built on first use when possible).
-        providers: ``("auto",)`` = TensorRT -> CUDA -> CPU, whichever this ONNX Runtime build has; or
-            explicit names (``cpu``, ``cuda``, ``tensorrt`` or full provider names).
-        precision: ``fp32`` (default). Other modes are provided by the fast-path backends.
-        intra_op_threads: threads per operator; 0 lets ONNX Runtime use all cores.
-        inter_op_threads: threads across operators.
+        providers: ``("auto",)`` = CUDA -> CPU for fp32, TensorRT -> CUDA for fp16, whichever this ONNX
+            Runtime build has; or explicit names (``cpu``, ``cuda``, ``tensorrt`` or full provider names).
+        precision: ``fp32`` (default, reference parity <= 1e-4 stars), ``bf16`` (OpenVINO on CPUs with
+            AMX/AVX512-BF16), ``fp16`` (GPU) or ``auto`` (the fastest of these the machine runs). The engine
+            replaces ``auto`` by what it chose.
+        backend: ``auto`` (by precision), ``onnxruntime`` or ``openvino`` (fp32 or bf16 on CPU).
+        intra_op_threads: threads per operator; 0 lets the runtime use all cores.
+        inter_op_threads: threads across operators (ONNX Runtime).
         device_id: GPU index for CUDA/TensorRT.
-        trt_cache_dir: TensorRT engine cache directory (GPU only).
+        trt_cache_dir: TensorRT engine cache root (GPU only; default ``<model dir>/trt-cache``).
+        static_batch_sizes: GPU path: batch sizes that get a static-shape session; other batches are padded
+            up to the next size or split at the largest.
+        cuda_graph: GPU path: replay each static session as a CUDA graph where every node runs on the GPU.
+        spin_wait: let ONNX Runtime's idle worker threads spin between runs. Off by default: on a few shared
+            cores the spinning threads steal the CPU from the decode threads of the next request (measured
+            on 2 cores: decode right after a run 25 ms without spinning, 71 ms with; model 389 vs 523 ms).
     """
 
     model_id: str = DEFAULT_MODEL_ID
@@ -55,6 +83,10 @@ class EngineConfig:
     inter_op_threads: int = 1
     device_id: int = 0
     trt_cache_dir: str | None = None
+    backend: str = "auto"
+    static_batch_sizes: tuple[int, ...] = (3, 24)
+    cuda_graph: bool = True
+    spin_wait: bool = False
 
 
 @dataclass
@@ -92,87 +124,27 @@ class ScoreResult:
         return out
 
 
-class Backend(Protocol):
-    """Runs ``(N, C, H, W)`` float32 views and returns ``(N,)`` float32 stars."""
-
-    name: str
-    providers: list[str]
-
-    def run(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-def resolve_providers(requested: Sequence[str], available: Sequence[str]) -> list[str]:
-    """Execution providers to use, in priority order.
-
-    Raises:
-        UnsupportedMode: an explicitly requested provider is not in this ONNX Runtime build.
-    """
-    if not requested or tuple(requested) == ("auto",):
-        chosen = [p for p in AUTO_ORDER if p in available]
-        return chosen or ["CPUExecutionProvider"]
-    chosen = []
-    for name in requested:
-        full = PROVIDER_ALIASES.get(name.lower(), name)
-        if full not in available:
-            raise UnsupportedMode(
-                f"execution provider {name!r} is not available in this onnxruntime build; available: {list(available)}",
-                field="providers",
-            )
-        chosen.append(full)
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
-
-
-class OrtBackend:
-    """ONNX Runtime session with graph optimisation ALL."""
-
-    name = "onnxruntime"
-
-    def __init__(self, artifacts: ModelArtifacts, config: EngineConfig) -> None:
-        import onnxruntime as ort
-
-        if config.precision != "fp32":
-            raise UnsupportedMode(
-                f"precision {config.precision!r} is not provided by the ONNX Runtime CPU backend", field="precision"
-            )
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = config.intra_op_threads
-        opts.inter_op_num_threads = config.inter_op_threads
-        providers = resolve_providers(config.providers, ort.get_available_providers())
-        provider_options: list[dict[str, Any]] = []
-        for p in providers:
-            if p == "TensorrtExecutionProvider":
-                cache = config.trt_cache_dir or str(artifacts.directory / "trt-cache")
-                os.makedirs(cache, exist_ok=True)
-                provider_options.append(
-                    {"device_id": config.device_id, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache}
-                )
-            elif p == "CUDAExecutionProvider":
-                provider_options.append({"device_id": config.device_id})
-            else:
-                provider_options.append({})
-        self.session = ort.InferenceSession(
-            str(artifacts.onnx_path), opts, providers=providers, provider_options=provider_options
-        )
-        self.providers = list(self.session.get_providers())
-        self.input_name = self.session.get_inputs()[0].name
-        logger.info("onnxruntime session for %s on %s", artifacts.model_id, self.providers)
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.float32).reshape(-1)
-
-
 class Engine:
     """Scores cases and pre-extracted views with one loaded model."""
 
     def __init__(self, config: EngineConfig | None = None, artifacts: ModelArtifacts | None = None) -> None:
-        self.config = config or EngineConfig()
-        self.artifacts = artifacts or ensure_model(self.config.model_id)
+        config = config or EngineConfig()
+        self.artifacts = artifacts or ensure_model(config.model_id)
         self.contract: PreprocessingContract = self.artifacts.contract
-        self.backend: Backend = make_backend(self.artifacts, self.config)
+        self.backend: Backend = make_backend(self.artifacts, config)
+        # The configuration as it runs: "auto" replaced by the backend and precision that were chosen.
+        self.config = dataclasses.replace(config, precision=self.backend.precision, backend=self.backend.name)
+        error = self.precision_error()
+        logger.info(
+            "engine %s: backend=%s precision=%s providers=%s%s",
+            self.model_id,
+            self.backend.name,
+            self.backend.precision,
+            list(self.backend.providers),
+            f" (recorded max |delta| {error['max_abs_stars']:.2g} stars vs {error.get('against', 'fp32')})"
+            if error
+            else "",
+        )
 
     # ------------------------------------------------------------------ info
     @property
@@ -183,7 +155,26 @@ class Engine:
     def model_sha256(self) -> str:
         return self.artifacts.onnx_sha256
 
+    @property
+    def mode(self) -> str:
+        """The running mode's key in the card's ``precision_errors`` (``fp32``, ``bf16``, ``fp32-openvino``, ...)."""
+        return mode_key(self.backend.name, self.backend.precision)
+
+    def precision_error(self) -> dict[str, Any] | None:
+        """The card's recorded error of the running mode against fp32 (``max_abs_stars``, ...), if any."""
+        if self.mode == "fp32":
+            parity = self.artifacts.card.get("parity")
+            if isinstance(parity, dict) and "max_abs_diff_stars" in parity:
+                return {"max_abs_stars": parity["max_abs_diff_stars"], "against": "reference (torch)"}
+            return None
+        recorded = self.artifacts.card.get("precision_errors", {})
+        found = recorded.get(self.mode) if isinstance(recorded, dict) else None
+        return dict(found) if isinstance(found, dict) else None
+
     def info(self) -> dict[str, Any]:
+        """What is loaded and how it runs: model, backend, providers, precision, hardware, recorded error."""
+        from service.hardware import detect
+
         return {
             "model_id": self.model_id,
             "onnx_sha256": self.model_sha256,
@@ -191,9 +182,30 @@ class Engine:
             "contract": self.contract.to_dict(),
             "backend": self.backend.name,
             "providers": list(self.backend.providers),
-            "precision": self.config.precision,
+            "precision": self.backend.precision,
+            "mode": self.mode,
+            "precision_error": self.precision_error(),
+            "runtime": self.backend.describe(),
+            "hardware": detect().summary(),
             "card": self.artifacts.card,
         }
+
+    def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
+        """Run zero views through the model once per batch size (default: the static sizes, or 3).
+
+        On the GPU path this builds every static session (and compiles/caches TensorRT engines), so call it
+        before reporting SERVING.
+        """
+        from service.hardware import detect
+
+        detect()  # probe the hardware now (imports OpenVINO), not in the first model-info request
+        warm = getattr(self.backend, "warmup", None)
+        if callable(warm):
+            warm(tuple(batch_sizes) if batch_sizes else None)
+            return
+        c, (h, w) = self.contract.n_channels, self.contract.spatial_size
+        for b in batch_sizes or (len(self.contract.views),):
+            self.run(np.zeros((b, c, h, w), dtype=np.float32))
 
     # ------------------------------------------------------------------ inference
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -260,7 +272,8 @@ class Engine:
         expected = (len(self.contract.views), self.contract.n_channels)
         if views.ndim != 4 or views.shape[:2] != expected:
             raise InvalidInput(
-                f"views have shape {tuple(views.shape)}; expected ({expected[0]}, {expected[1]}, H, W)", field="views"
+                f"views have shape {tuple(views.shape)}; expected ({expected[0]}, {expected[1]}, H, W)",
+                field="views",
             )
         if views.dtype not in (np.float32, np.float16):
             raise InvalidInput(f"views have dtype {views.dtype}; expected float32 or float16", field="views")
@@ -270,12 +283,3 @@ class Engine:
         stars = self.run(views.astype(np.float32))
         timings = {"inference": (time.perf_counter() - t0) * 1e3}
         return self.result_from_stars(stars, None, [], timings, case_id)
-
-
-def make_backend(artifacts: ModelArtifacts, config: EngineConfig) -> Backend:
-    """The backend for ``config.precision`` (fp32: ONNX Runtime)."""
-    if config.precision == "fp32":
-        return OrtBackend(artifacts, config)
-    raise UnsupportedMode(
-        f"precision {config.precision!r} is not supported; available: ['fp32']", field="precision"
-    )
