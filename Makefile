@@ -8,7 +8,7 @@ EXTRAS := fast,batch,train,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PROTO_SRC := $(wildcard proto/dqe/v1/*.proto)
 
-.PHONY: venv model demo test lint typecheck proto proto-check bench clean
+.PHONY: venv model demo test lint typecheck proto proto-check bench gate-eval clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+SHARED_DATA ?= $(CURDIR)/../shared/data
+
 model: venv
 	$(BIN)/dqe model export
+	@# Record each precision mode's measured error on the real cases in the model card (once; skipped without data).
+	@if [ -d "$(SHARED_DATA)" ] && ! grep -q precision_errors $(DQE_HOME)/models/*/card.json 2>/dev/null; then \
+		$(BIN)/dqe model calibrate-precision --data "$(SHARED_DATA)" --threads 2; fi
 
 demo: model
 	$(BIN)/python -m service.demo
@@ -43,6 +48,14 @@ test: model lint typecheck proto-check
 
 bench: model
 	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/bench_fast.py
+	$(BIN)/python benchmarks/bench_batch.py
+	$(BIN)/python benchmarks/bench_grpc.py
+	$(BIN)/python benchmarks/bench_gate.py
+
+gate-eval: model
+	$(BIN)/python benchmarks/build_gate_eval_list.py --out benchmarks/out/gate_eval
+	$(BIN)/dqe gate-eval benchmarks/out/gate_eval/list.csv --out benchmarks/out/gate_eval/report
 
 clean:
 	rm -rf $(VENV) .dqe-home .pytest_cache .mypy_cache .ruff_cache

@@ -35,7 +35,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         default=os.environ.get("DQE_PRECISION", "fp32"),
-        help="fp32 (default, reference parity), bf16 or fp16 where the hardware supports it",
+        help="fp32 (default, reference parity), bf16 or fp16 where the hardware supports it, "
+        "or auto (the fastest mode this machine runs)",
+    )
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("DQE_BACKEND", "auto"),
+        help="auto (by precision), onnxruntime or openvino (env DQE_BACKEND)",
     )
     parser.add_argument(
         "--threads",
@@ -53,6 +59,7 @@ def engine_config(args: argparse.Namespace) -> EngineConfig:
         model_id=args.model or DEFAULT_MODEL_ID,
         providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
         precision=args.precision,
+        backend=args.backend,
         intra_op_threads=args.threads,
     )
 
