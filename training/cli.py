@@ -1,0 +1,265 @@
+"""``dqe train``, ``dqe evaluate``, ``dqe finetune`` and ``dqe publish``: the training pipeline's commands.
+
+Only argparse is imported at module level; torch, MONAI and pandas are imported inside the commands, so
+``dqe --help`` stays instant and the serving install (no torch) still lists these commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.commands.common import EXIT_INVALID, error_payload, print_json
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser(
+        "train",
+        help="train a quality estimator from a ratings table (torch; GPU when present)",
+        description="Train with a config file (training/configs/paper.yaml is the paper's recipe, "
+        "training/configs/smoke.yaml a one-minute CPU run on synthetic data). Writes RUN_DIR/metrics.csv, "
+        "checkpoints, TensorBoard logs and a held-out evaluation.",
+    )
+    t.add_argument("--config", type=Path, help="YAML config (not needed with --resume)")
+    t.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint"
+    )
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.epochs=3 (repeatable)",
+    )
+    t.add_argument(
+        "--publish", metavar="MODEL_ID", help="export the finished run to the model home as MODEL_ID"
+    )
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=run_train)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="MAE / RMSE / Pearson r per view and 3-view mean, with scatter and Bland-Altman plots",
+        description="Evaluate a training run (torch) or a published model (ONNX Runtime, no torch) on a "
+        "ratings table; without --ratings, a run is evaluated on its own held-out exams.",
+    )
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", type=Path, metavar="RUN_DIR", help="a finished training run")
+    src.add_argument("--model", metavar="MODEL_ID", help="a published model in the model home")
+    e.add_argument("--ratings", type=Path, help="ratings table (CSV/Parquet); required with --model")
+    e.add_argument(
+        "--out", type=Path, required=True, help="folder for metrics.json, predictions.csv and plots"
+    )
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.set_defaults(func=run_evaluate)
+
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune the released weights on metric-surrogate or failure-aware targets",
+        description="Build ratings from a cases table (exam_id,t1c,t1,t2,flair,reference[,candidates][,brain_mask]) "
+        "-- metric: 1 + 5 x (Dice/surface-Dice score vs. the reference); failure: generated failures rated low, "
+        "good segmentations keep the released model's stars -- then train from the released weights.",
+    )
+    f.add_argument("--mode", choices=("metric", "failure"), required=True)
+    f.add_argument("--cases", type=Path, required=True, help="cases table (CSV)")
+    f.add_argument(
+        "--config",
+        type=Path,
+        default=CONFIGS / "finetune.yaml",
+        help="training config (default: %(default)s)",
+    )
+    f.add_argument("--out", type=Path, required=True, metavar="RUN_DIR")
+    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    f.add_argument(
+        "--failure-modes", default="", help="comma-separated failure modes (default: all that apply)"
+    )
+    f.add_argument("--seeds-per-mode", type=int, default=1)
+    f.add_argument("--failure-stars", type=float, default=1.5, help="target for failures (failure mode)")
+    f.add_argument(
+        "--good-stars",
+        default="teacher",
+        help="target for good segmentations in failure mode: 'teacher' (the released model's own stars) or a number",
+    )
+    f.add_argument("--device", choices=("auto", "cpu", "cuda"))
+    f.add_argument(
+        "--publish", metavar="MODEL_ID", help="export the result if it improved on the held-out exams"
+    )
+    f.add_argument("--publish-anyway", action="store_true", help="publish even if it did not improve")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=run_finetune)
+
+    p = sub.add_parser(
+        "publish", help="export a finished training run to ONNX (parity-checked) in the model home"
+    )
+    p.add_argument("run", type=Path, metavar="RUN_DIR")
+    p.add_argument("--model-id", required=True, help="id to serve it under (dqe serve --model ID)")
+    p.add_argument("--force", action="store_true", help="replace an existing published model of that id")
+    p.add_argument(
+        "--parity-case",
+        action="append",
+        default=[],
+        type=Path,
+        help="extra real case folder for the parity check",
+    )
+    p.set_defaults(func=run_publish)
+
+
+def _fail(exc: BaseException) -> int:
+    print_json(error_payload(exc))
+    return EXIT_INVALID
+
+
+def _published(art: Any) -> dict[str, Any]:
+    return {
+        "model_id": art.model_id,
+        "directory": str(art.directory),
+        "onnx_sha256": art.onnx_sha256,
+        "parity": art.card.get("parity"),
+    }
+
+
+def _publish(run_dir: Path, model_id: str, force: bool, extra_cases: list[Path] | None = None) -> Any:
+    """Export a run; torch.onnx prints its progress on stdout, which must stay clean JSON: send it to stderr."""
+    import contextlib
+
+    from training.publish import publish_run
+
+    with contextlib.redirect_stdout(sys.stderr):
+        return publish_run(run_dir, model_id, force=force, extra_cases=extra_cases or [])
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from models.errors import DQEError
+    from training.config import load_config, replace
+    from training.trainer import RunError, train
+
+    try:
+        if args.config is None and not args.resume:
+            raise RunError("--config is required for a new run")
+        cfg = load_config(args.config, args.overrides) if args.config else None
+        if cfg is None and args.overrides:
+            from training.trainer import resolve_run_config
+
+            cfg = replace(resolve_run_config(None, args.out, True), args.overrides)
+        summary = train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
+        out: dict[str, Any] = {
+            k: summary[k] for k in ("run_dir", "epochs_completed", "epochs", "seconds") if k in summary
+        }
+        out["last"] = summary["history"][-1] if summary["history"] else None
+        out["eval"] = summary.get("eval")
+        if args.publish:
+            out["published"] = _published(_publish(args.out, args.publish, force=True))
+    except (DQEError, ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    print_json(out)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from models.errors import DQEError, InvalidInput
+    from training.evaluate import evaluate_ratings, format_metrics
+
+    try:
+        if args.model:
+            if args.ratings is None:
+                raise InvalidInput("--ratings is required with --model", field="ratings")
+            from service.engine import Engine, EngineConfig
+            from training.data import read_ratings
+
+            engine = Engine(EngineConfig(model_id=args.model))
+            df = read_ratings(args.ratings, views=engine.contract.views)
+            result = evaluate_ratings(df, engine.contract, engine.run, args.out, title=args.model)
+        else:
+            result = _evaluate_run(args)
+    except (DQEError, ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    print(format_metrics(result["metrics"]), file=sys.stderr)
+    print_json(result)
+    return 0
+
+
+def _evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from models.contract import PreprocessingContract
+    from models.network import load_network
+    from training.data import read_ratings
+    from training.evaluate import evaluate_ratings
+    from training.model import resolve_device
+    from training.publish import run_weights
+
+    run_dir: Path = args.run
+    record = json.loads((run_dir / "run.json").read_text())
+    contract = PreprocessingContract.from_dict(record["contract"])
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    device = resolve_device(args.device)
+    net = load_network(run_weights(run_dir), cfg["model"]["architecture"], contract.n_channels).to(device)
+    table = args.ratings or Path(record["ratings"])
+    df = read_ratings(table, views=contract.views)
+    if args.ratings is None:
+        df = df[df["exam_id"].isin(set(record["val_exams"]))]
+
+    def predict(views: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return (
+                net(torch.from_numpy(np.ascontiguousarray(views)).to(device))
+                .float()
+                .cpu()
+                .numpy()
+                .reshape(-1)
+            )
+
+    return evaluate_ratings(df, contract, predict, args.out, title=str(record.get("name", run_dir.name)))
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from models.errors import DQEError
+    from training.config import load_config
+    from training.finetune import FinetuneOptions, finetune, read_cases
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        options = FinetuneOptions(
+            mode=args.mode,
+            failure_modes=tuple(m.strip() for m in args.failure_modes.split(",") if m.strip()),
+            seeds_per_mode=args.seeds_per_mode,
+            failure_stars=args.failure_stars,
+            good_stars=args.good_stars if args.good_stars == "teacher" else float(args.good_stars),
+            seed=cfg.seed,
+        ).validate()
+        summary = finetune(
+            read_cases(args.cases), options, cfg, args.out, device=args.device, progress=not args.no_progress
+        )
+        out: dict[str, Any] = {"run_dir": summary["run_dir"], **summary["finetune"]}
+        if args.publish:
+            if summary["improved"] or args.publish_anyway:
+                out["published"] = _published(_publish(args.out, args.publish, force=True))
+            else:
+                out["published"] = None
+                out["not_published_because"] = summary["finetune"]["reasons"]
+    except (DQEError, ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    print_json(out)
+    return 0
+
+
+def run_publish(args: argparse.Namespace) -> int:
+    from models.errors import DQEError
+
+    try:
+        art = _publish(args.run, args.model_id, force=args.force, extra_cases=args.parity_case)
+    except (DQEError, ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    print_json({**_published(art), "card": art.card})
+    return 0
