@@ -8,7 +8,7 @@ EXTRAS := fast,batch,train,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
 PROTO_SRC := $(wildcard proto/dqe/v1/*.proto)
 
-.PHONY: venv model demo test lint typecheck proto proto-check bench gate-eval clean
+.PHONY: venv model demo test lint typecheck proto proto-check bench gate-eval train-smoke clean
 
 venv: $(STAMP)
 
@@ -43,8 +43,17 @@ proto: venv
 proto-check: venv
 	$(BIN)/python -m service.protogen --check
 
+# One pytest process per area: torch (reference oracle, training), OpenVINO, Ray and gRPC each load native
+# thread pools; keeping them in separate processes avoids cross-library crashes seen in one long process.
+TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py" \
+	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py"
+
 test: model lint typecheck proto-check
-	$(BIN)/python -m pytest -q
+	@set -e; for group in $(TEST_GROUPS); do echo "== pytest $$group"; $(BIN)/python -m pytest -q $$group; done
+	@$(BIN)/python tests/check_groups.py $(TEST_GROUPS)
+
+train-smoke: venv
+	$(BIN)/dqe train --config training/configs/smoke.yaml --out runs/smoke
 
 bench: model
 	$(BIN)/python benchmarks/bench_core.py

@@ -45,7 +45,7 @@ def parity_inputs(
     """Preprocessed views used to check parity: three phantom exams, plus any real case folders given."""
     views: list[np.ndarray] = []
     for seed, lesion in ((0, "sphere"), (1, "lobulated"), (2, "multifocal")):
-        ph = make_phantom(seed=seed, lesion=lesion)
+        ph = make_phantom(seed=seed, lesion=lesion, shape=tuple(contract.expected_grid))  # type: ignore[arg-type]
         v, _ = build_views([ph.t1c, ph.t1, ph.t2, ph.flair], ph.segmentation, contract)
         views.extend(v)
     for folder in extra_cases:

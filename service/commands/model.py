@@ -59,9 +59,14 @@ def run_export(args: argparse.Namespace) -> int:
     from models.registry import DEFAULT_MODEL_ID
 
     try:
+        import contextlib
+        import sys
+
         from models.export import export_model
 
-        art = export_model(args.model or DEFAULT_MODEL_ID, force=args.force, extra_cases=args.parity_case)
+        # torch.onnx prints progress on stdout; keep stdout for this command's JSON.
+        with contextlib.redirect_stdout(sys.stderr):
+            art = export_model(args.model or DEFAULT_MODEL_ID, force=args.force, extra_cases=args.parity_case)
     except DQEError as exc:
         print_json(error_payload(exc))
         return EXIT_INVALID
