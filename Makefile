@@ -49,8 +49,7 @@ TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py te
 	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py"
 
 test: model lint typecheck proto-check
-	@set -e; for group in $(TEST_GROUPS); do echo "== pytest $$group"; $(BIN)/python -m pytest -q $$group; done
-	@$(BIN)/python tests/check_groups.py $(TEST_GROUPS)
+	$(BIN)/python tests/run_groups.py $(TEST_GROUPS)
 
 train-smoke: venv
 	$(BIN)/dqe train --config training/configs/smoke.yaml --out runs/smoke
