@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.artifacts import CARD_NAME, CONTRACT_NAME, ONNX_NAME, ModelArtifacts, model_dir, model_home
+from models.artifacts import CARD_NAME, CONTRACT_NAME, ONNX_NAME, ModelArtifacts, model_dir
 from models.contract import CONTRACT_V1, PreprocessingContract
 from models.errors import DQEError
 from models.network import build_network, load_state_dict
@@ -172,7 +172,3 @@ def export_model(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ModelArtifacts.load(target)
-
-
-def default_home() -> Path:
-    return model_home()

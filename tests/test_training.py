@@ -119,19 +119,12 @@ def test_existing_run_needs_resume_and_same_config(runs: dict[str, Path], smoke_
 @pytest.fixture(scope="module")
 def published(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     """The finished run exported once (about 40 s) into a temporary model home."""
-    import functools
-
-    import models.export
-    from models.phantom import make_phantom
     from training.publish import publish_run
 
     home = tmp_path_factory.mktemp("dqe-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DQE_HOME", str(home))
-        # models.export.parity_inputs draws its phantoms on the 240 x 240 x 155 grid, whose views do not pad
-        # to one shape under a 64 x 64 contract (np.stack fails). Until it builds them on
-        # contract.expected_grid, give it phantoms on the smoke grid.
-        mp.setattr(models.export, "make_phantom", functools.partial(make_phantom, shape=(64, 64, 48)))
+        # parity_inputs draws its phantoms on the contract's grid (64 x 64 x 48 here)
         art = publish_run(runs["straight"], MODEL_ID)
         yield art, home
 

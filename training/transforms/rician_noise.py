@@ -7,22 +7,18 @@ from typing import Any
 
 import numpy as np
 
-from training.transforms.base import IntensityTransform, as_range, uniform
+from training.transforms.gaussian_noise import GaussianNoise
 
 
-class RicianNoise(IntensityTransform):
-    """``sqrt((x + n1)^2 + n2^2) * sign(x)`` with ``n1, n2 ~ N(0, s)``, ``s ~ U(std)``."""
+class RicianNoise(GaussianNoise):
+    """``sqrt((x + n1)^2 + n2^2) * sign(x)`` with ``n1, n2 ~ N(0, s)``, ``s ~ U(std)`` (same draws as GaussianNoise)."""
 
     name = "rician_noise"
 
     def __init__(
         self, p: float = 0.1, std: float | Sequence[float] = (0.0, 0.1), per_channel: bool = True
     ) -> None:
-        super().__init__(p, per_channel)
-        self.std = as_range(std, "std")
-
-    def draw(self, rng: np.random.Generator) -> float:
-        return uniform(rng, self.std)
+        super().__init__(p, std, per_channel)
 
     def apply_channel(self, channel: np.ndarray, rng: np.random.Generator, shared: Any = None) -> np.ndarray:
         s = self.draw(rng) if shared is None else float(shared)
