@@ -41,7 +41,7 @@ RUN pip install . isal \
  && pip uninstall -y onnxruntime \
  && pip install "onnxruntime-gpu>=1.20" \
  && python -c "import onnxruntime as ort; print(ort.get_available_providers())" \
- && python -c "import service.server, sys; assert 'torch' not in sys.modules"
+ && python -c "import dqe.service.serving.server, sys; assert 'torch' not in sys.modules"
 # The exported model, owned by the service user (TensorRT writes its engine cache next to it).
 COPY --from=export --chown=dqe:dqe /opt/dqe /opt/dqe
 ENV DQE_HOME=/opt/dqe \
@@ -55,7 +55,7 @@ EXPOSE 50051 9464
 # gRPC health protocol: exit 0 only once the model is loaded and warmed up (SERVING). Uses DQE_PORT and, when
 # TLS is configured, DQE_TLS_* / DQE_HEALTHCHECK_* (see service/healthcheck.py).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["python", "-m", "service.healthcheck"]
+    CMD ["python", "-m", "dqe.service.healthcheck"]
 # `dqe serve` is PID 1 and drains in-flight calls on SIGTERM within DQE_GRACE_S; give `docker stop` (or the
 # pod's terminationGracePeriodSeconds) a little longer than that.
 STOPSIGNAL SIGTERM

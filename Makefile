@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 # Models are cached here so tests, demo and benchmarks share one export (override with DQE_HOME=...).
 export DQE_HOME ?= $(CURDIR)/.dqe-home
 EXTRAS := fast,batch,train,dev
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)
+# The strict editable install links every package file into build/__editable__*/dqe/ (see pyproject.toml), so
+# the stamp also tracks the list of package files: adding or removing a module re-links the tree.
+PKG_FILES := $(shell find models service training -type f \( -name '*.py' -o -name '*.json' -o -name '*.yaml' -o -name py.typed \) -not -path '*/__pycache__/*' | sort)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)-$(shell echo $(PKG_FILES) | sha256sum | cut -c1-12)
 PROTO_SRC := $(wildcard proto/dqe/v1/*.proto)
 
 .PHONY: venv model demo test lint typecheck proto proto-check bench gate-eval train-smoke clean
@@ -15,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]" -c constraints.txt
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]" -c constraints.txt --config-settings editable_mode=strict
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -28,25 +31,26 @@ model: venv
 		$(BIN)/dqe model calibrate-precision --data "$(SHARED_DATA)" --threads 2; fi
 
 demo: model
-	$(BIN)/python -m service.demo
+	$(BIN)/python -m dqe.service.demo
 
 lint: venv
 	$(BIN)/ruff check service models training tests benchmarks
 	$(BIN)/ruff format --check service models training tests benchmarks
 
 typecheck: venv
-	$(BIN)/mypy service models training
+	MYPYPATH=$$(ls -d build/__editable__.*) $(BIN)/mypy -p dqe
 
 proto: venv
-	$(BIN)/python -m service.protogen
+	$(BIN)/python -m dqe.service.protogen
 
 proto-check: venv
-	$(BIN)/python -m service.protogen --check
+	$(BIN)/python -m dqe.service.protogen --check
 
 # One pytest process per area: torch (reference oracle, training), OpenVINO, Ray and gRPC each load native
 # thread pools; keeping them in separate processes avoids cross-library crashes seen in one long process.
 TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py" \
-	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py"
+	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" \
+	"tests/test_deploy.py"
 
 test: model lint typecheck proto-check
 	$(BIN)/python tests/run_groups.py $(TEST_GROUPS)

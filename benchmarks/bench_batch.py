@@ -7,7 +7,7 @@ algorithm outputs and two fusions = 14 segmentations. A temporary dataset of sym
 Each side runs in its own child process so its peak RSS is its own:
 
 * ``reference``: ``deep_quality_estimation.DQE().predict(t1c=Path, ...)`` per segmentation (torch, CPU);
-* ``batch``: :func:`service.batch.run_batch` (local engine: decode once per case, prefetch, one engine call
+* ``batch``: :func:`dqe.service.batch.run_batch` (local engine: decode once per case, prefetch, one engine call
   per case), as ``dqe batch`` runs it; mosaics on unless ``--no-images``; no ground truth.
 
 Prints segmentations/s for both (scoring loop only, model load excluded, and wall time including it), the
@@ -102,8 +102,8 @@ def run_batch_side(
     cases: str, subs: list[str], out: str, workers: int, threads: int, images: bool, precision: str
 ) -> dict:
     t0 = time.perf_counter()
-    from service.batch import BatchOptions, run_batch
-    from service.engine import EngineConfig
+    from dqe.service.batch import BatchOptions, run_batch
+    from dqe.service.engine import EngineConfig
 
     outcome = run_batch(
         cases,

@@ -41,8 +41,8 @@ def _worker(impl: str, cases_json: str, repeats: int) -> None:
             mean, views = model.predict(**{k: files[k] for k in FIELDS})
             return float(mean), {k.lower(): float(v) for k, v in views.items()}
     else:
-        from service.case import Case
-        from service.engine import Engine
+        from dqe.models.case import Case
+        from dqe.service.engine import Engine
 
         engine = Engine()
 
@@ -85,7 +85,7 @@ COLD = {
         "from deep_quality_estimation import DQE; m, v = DQE(device='cpu').predict(**{k: Path(p) for k, p in f.items()}); print(m)"
     ),
     "ours": (
-        "import json, sys; f = json.loads(sys.argv[1]); from service.case import Case; from service.engine import Engine; "
+        "import json, sys; f = json.loads(sys.argv[1]); from dqe.models.case import Case; from dqe.service.engine import Engine; "
         "print(Engine().score_case(Case.from_files(**f)).mean_stars)"
     ),
 }

@@ -40,7 +40,7 @@ os.environ.setdefault("DQE_HOME", str(Path(__file__).resolve().parents[1] / ".dq
 import numpy as np  # noqa: E402
 
 from benchmarks.common import SHARED, git_rev, machine_line  # noqa: E402
-from service.backends.calibration import RealCase, discover_cases  # noqa: E402
+from dqe.service.backends.calibration import RealCase, discover_cases  # noqa: E402
 
 FIELDS = ("t1c", "t1", "t2", "flair", "segmentation")
 
@@ -121,18 +121,18 @@ def peak_flops(threads: int) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- stage breakdown
 def _onnx_path() -> Path:
-    from models.artifacts import ensure_model
-    from models.registry import DEFAULT_MODEL_ID
+    from dqe.models.artifacts import ensure_model
+    from dqe.models.registry import DEFAULT_MODEL_ID
 
     return ensure_model(DEFAULT_MODEL_ID).onnx_path
 
 
 def stage_breakdown(case: RealCase, repeats: int, threads: int) -> dict[str, Any]:
     """Where one exam's time goes, stage by stage (p50 ms), with the fp32 engine."""
-    from models.preprocess import build_views, center_of_mass
-    from service.case import Case
-    from service.engine import Engine, EngineConfig
-    from service.nifti import decode_nifti, gunzip, load_nifti
+    from dqe.models.case import Case
+    from dqe.models.nifti import decode_nifti, gunzip, load_nifti
+    from dqe.models.preprocess import build_views, center_of_mass
+    from dqe.service.engine import Engine, EngineConfig
 
     engine = Engine(EngineConfig(intra_op_threads=threads))
 
@@ -176,7 +176,7 @@ def _load_parallel(files: dict[str, Path], load: Callable[..., Any]) -> dict[str
 
 # ----------------------------------------------------------------------------- ours
 def load_case(case: RealCase, images: dict[str, Any] | None = None) -> Any:
-    from service.case import Case
+    from dqe.models.case import Case
 
     return Case.from_files(*(case.files[k] for k in FIELDS), case_id=case.name, images=images)
 
@@ -196,8 +196,8 @@ def bench_modes(
     load from other processes hits all modes alike and the ratios between them stay meaningful."""
     import dataclasses
 
-    from service.backends import mode_config
-    from service.engine import Engine, EngineConfig
+    from dqe.service.backends import mode_config
+    from dqe.service.engine import Engine, EngineConfig
 
     engines, load_ms = {}, {}
     for mode in modes:
@@ -349,9 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         _reference_child(args.reference_child)
         return 0
 
-    from service.backends.calibration import available_modes
-    from service.hardware import detect
-    from service.nifti import gzip_backend
+    from dqe.models.nifti import gzip_backend
+    from dqe.service.backends.calibration import available_modes
+    from dqe.service.hardware import detect
 
     cases = discover_cases(args.data)
     if args.max_cases:
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     typical = next((c for c in cases if c.name.endswith("seg-BraTS23_1")), cases[0])
     breakdown = stage_breakdown(typical, args.repeats, args.threads)
 
-    from service.engine import Engine, EngineConfig
+    from dqe.service.engine import Engine, EngineConfig
 
     first_views = np.stack(
         Engine(EngineConfig(intra_op_threads=args.threads)).preprocess(load_case(cases[0]))[0]

@@ -26,16 +26,16 @@ os.environ.setdefault("DQE_HOME", str(REPO / ".dqe-home"))
 
 def _cases() -> list[tuple[str, object]]:
     from benchmarks.build_gate_eval_list import real_segmentations
-    from service.case import Case
-    from service.nifti import from_array
-    from service.qc.brain import brain_mask_full
-    from service.qc.failures import applicable_modes, generate_failure
+    from dqe.models.case import Case
+    from dqe.models.nifti import from_array
+    from dqe.models.qc.brain import brain_mask_full
+    from dqe.models.qc.failures import applicable_modes, generate_failure
 
     out: list[tuple[str, object]] = []
     images: dict[str, dict] = {}
     real = real_segmentations()
     if not real:
-        from models.phantom import make_phantom
+        from dqe.models.phantom import make_phantom
 
         for seed in (2, 4):
             ph = make_phantom(seed=seed)
@@ -62,8 +62,8 @@ def _cases() -> list[tuple[str, object]]:
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
-    from service.engine import Engine, EngineConfig
-    from service.qc.gate import evaluate_case
+    from dqe.models.qc.gate import evaluate_case
+    from dqe.service.engine import Engine, EngineConfig
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -76,7 +76,7 @@ class Server:
     def __init__(self, allowed_root: Path, threads: int, max_batch: int) -> None:
         self.tmp = tempfile.TemporaryDirectory()
         port_file = Path(self.tmp.name) / "port"
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
+        cmd = [sys.executable, "-m", "dqe.service.cli", "serve", "--host", "127.0.0.1", "--port", "0"]
         cmd += ["--port-file", str(port_file), "--metrics-port", "-1", "--allowed-root", str(allowed_root)]
         cmd += ["--log-level", "WARNING", "--threads", str(threads), "--max-batch-size", str(max_batch)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -118,7 +118,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def load(target: str, requests: list[Any], concurrency: int, max_seconds: float) -> dict[str, Any]:
     """Send ``requests`` (callables taking a client) from ``concurrency`` threads; latency and throughput."""
-    from service.client import DQEClient
+    from dqe.service.client import DQEClient
 
     latencies: list[float] = []
     server_ms: dict[str, list[float]] = {}
@@ -174,8 +174,8 @@ def build_requests(cases: list[tuple[str, dict[str, Path]]], contract: Any) -> d
     """One request callable per case and mode (bytes read and views sliced once, up front)."""
     import numpy as np
 
-    from models.preprocess import build_views
-    from service.case import Case
+    from dqe.models.case import Case
+    from dqe.models.preprocess import build_views
 
     out: dict[str, list[Any]] = {m: [] for m in MODES}
     for name, files in cases:
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_worker(args.reference_worker, args.repeats)
         return 0
 
-    from service.client import DQEClient
+    from dqe.service.client import DQEClient
 
     cases = bench_cases(Path(tempfile.gettempdir()) / "dqe-bench-phantoms")
     root = Path(os.path.commonpath([str(Path(v).resolve().parent) for _, f in cases for v in f.values()]))

@@ -3,7 +3,7 @@
 Every real algorithm segmentation (BraTS-GLI-00001-000: seg-BraTS23_1, its _mapped copy, BraTS Toolkit
 isen; TCGA-DU-7294 and OtherEXampleFromTCIA: 5 BraTS Toolkit algorithms + 2 fusions each; brainlesion-BraTS)
 is listed as ``good``. From each distinct one (the _mapped copy and the ``simple`` fusion, identical to
-``mav``, are not reused) every applicable failure mode of :mod:`service.qc.failures` is generated with
+``mav``, are not reused) every applicable failure mode of :mod:`dqe.models.qc.failures` is generated with
 ``--seeds`` seeds and written as NIfTI (the segmentation's own affine, uint8) under ``--out``, listed as
 ``bad``; ``empty`` is written once per source, and seeds that give an identical failure (the swap is
 deterministic) are listed once.
@@ -64,9 +64,9 @@ def build(out_dir: Path, seeds: int = 2, shared: Path = SHARED, first_seed: int 
     import nibabel as nib
     import numpy as np
 
-    from service.case import Case
-    from service.qc.brain import brain_mask_full
-    from service.qc.failures import applicable_modes, generate_failure
+    from dqe.models.case import Case
+    from dqe.models.qc.brain import brain_mask_full
+    from dqe.models.qc.failures import applicable_modes, generate_failure
 
     out_dir = out_dir.resolve()  # the list holds absolute paths (relative ones are read against the CSV)
     cases = real_segmentations(shared)

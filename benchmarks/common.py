@@ -51,7 +51,7 @@ def bench_cases(phantom_root: Path | None = None) -> list[tuple[str, dict[str, P
         )
     if cases:
         return cases
-    from models.phantom import make_phantom, write_case
+    from dqe.models.phantom import make_phantom, write_case
 
     root = phantom_root or Path("/tmp/dqe-bench-phantoms")
     return [

@@ -5,7 +5,7 @@ BraTS-GLI-00001-000, the brainlesion-BraTS case) have no ground truth. A *pseudo
 the BraTS Toolkit majority-vote fusion ``mav`` for the two TCGA exams, ``seg-BraTS23_1`` for
 BraTS-GLI-00001-000 and the only segmentation of the brainlesion-BraTS case. Candidates of an exam are its
 pseudo reference, the other algorithm outputs, and failures generated from the pseudo reference by
-``service.qc.failures`` (all modes that apply except ``empty``).
+``dqe.models.qc.failures`` (all modes that apply except ``empty``).
 
 For each mode (``metric``, ``failure``) and each held-out exam, the released weights are fine-tuned on the
 other three exams (``training/configs/finetune.yaml``: all dense blocks frozen with cached features, the
@@ -17,7 +17,7 @@ depend on the mode:
 * ``auc``: probability that a good segmentation (reference or algorithm output) outscores a failure;
 * ``fail`` / ``good``: mean stars of failures / of good segmentations;
 * ``drift``: mean |after - before| on the good segmentations (what fine-tuning changed where it should not);
-* verdict: :func:`training.finetune.verdict`, the rule ``dqe finetune --publish`` applies.
+* verdict: :func:`dqe.training.finetune.verdict`, the rule ``dqe finetune --publish`` applies.
 
     .venv/bin/python benchmarks/finetune_eval.py [--epochs 100] [--modes metric,failure] [--set KEY=VALUE] [--json OUT]
 
@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.finetune import (  # noqa: E402
+from dqe.training.finetune import (  # noqa: E402
     FinetuneCase,
     FinetuneOptions,
     build_table,
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import torch
 
-    from training.config import load_config, replace
-    from training.trainer import train
+    from dqe.training.config import load_config, replace
+    from dqe.training.trainer import train
 
     torch.set_num_threads(args.threads)
     cases = real_exams()

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.contract import PreprocessingContract
-from models.errors import IntegrityError, ModelNotReady
-from models.registry import sha256_file
+from dqe.models.contract import PreprocessingContract
+from dqe.models.errors import IntegrityError, ModelNotReady
+from dqe.models.registry import sha256_file
 
 ONNX_NAME = "model.onnx"
 CONTRACT_NAME = "contract.json"
@@ -102,7 +102,7 @@ def ensure_model(model_id: str, home: Path | None = None, build: bool = True) ->
             f"model {model_id!r} is not built in {str(model_home())!r}; run `dqe model export`"
         )
     try:
-        from models.export import export_model
+        from dqe.models.export import export_model
     except ImportError as exc:
         raise ModelNotReady(
             f"model {model_id!r} is not built and export needs the export extra ({exc}); "

@@ -79,3 +79,15 @@ class IntegrityError(DQEError):
     """A weights or model file does not match its recorded checksum (maps to FAILED_PRECONDITION)."""
 
     code = "FAILED_PRECONDITION"
+
+
+class DeadlineExpired(DQEError):
+    """The call's deadline passed before its work ran (maps to DEADLINE_EXCEEDED)."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class CallCancelled(DQEError):
+    """The caller went away before its work ran (maps to CANCELLED)."""
+
+    code = "CANCELLED"

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.artifacts import CARD_NAME, CONTRACT_NAME, ONNX_NAME, ModelArtifacts, model_dir
-from models.contract import CONTRACT_V1, PreprocessingContract
-from models.errors import DQEError
-from models.network import build_network, load_state_dict
-from models.phantom import make_phantom
-from models.preprocess import build_views
-from models.registry import DEFAULT_MODEL_ID, WeightsEntry, get_entry, locate_weights, sha256_file
+from dqe.models.artifacts import CARD_NAME, CONTRACT_NAME, ONNX_NAME, ModelArtifacts, model_dir
+from dqe.models.contract import CONTRACT_V1, PreprocessingContract
+from dqe.models.errors import DQEError
+from dqe.models.network import build_network, load_state_dict
+from dqe.models.phantom import make_phantom
+from dqe.models.preprocess import build_views
+from dqe.models.registry import DEFAULT_MODEL_ID, WeightsEntry, get_entry, locate_weights, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def parity_inputs(
         v, _ = build_views([ph.t1c, ph.t1, ph.t2, ph.flair], ph.segmentation, contract)
         views.extend(v)
     for folder in extra_cases:
-        from service.case import Case  # optional: only when real cases are given
+        from dqe.models.case import Case  # optional: only when real cases are given
 
         case = Case.from_folder(folder)
         v, _ = build_views(case.images, case.labels, contract)

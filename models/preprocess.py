@@ -1,7 +1,7 @@
 """Numpy preprocessing with the reference package's semantics, bit for bit.
 
 Everything here works on any object that slices like a 3-D array (a numpy array, a memory map, a nibabel
-``ArrayProxy`` or :class:`service.nifti.Volume`): only the three centre-of-mass slices of each image are
+``ArrayProxy`` or :class:`dqe.models.nifti.Volume`): only the three centre-of-mass slices of each image are
 converted to float64, never a whole volume.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from models.contract import CONTRACT_V1, PreprocessingContract
-from models.errors import EmptySegmentation
+from dqe.models.contract import CONTRACT_V1, PreprocessingContract
+from dqe.models.errors import EmptySegmentation
 
 VIEW_AXES = {"axial": 2, "coronal": 1, "sagittal": 0}
 

@@ -12,7 +12,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.errors import IntegrityError, NotFound
+from dqe.models.errors import IntegrityError, NotFound
 
 
 @dataclass(frozen=True)

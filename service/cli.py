@@ -1,26 +1,65 @@
 """``dqe``: the command-line entry point.
 
-Each subcommand lives in its own module under :mod:`service.commands` (or :mod:`training.cli`) exposing
-``register(subparsers)``; heavy imports (onnxruntime, torch, grpc) happen inside the command functions, so
-``dqe --help`` is instant.
+Subcommands are discovered through the ``dqe.commands`` entry-point group (see ``pyproject.toml``); each
+entry point names a ``register(subparsers)`` function. An entry point that declares an extra (``train =
+"dqe.training.cli:register [train]"``) is loaded only when every requirement of that extra is installed, so a
+serving-only install has no training commands and never imports :mod:`dqe.training`. Heavy imports
+(onnxruntime, torch, grpc) happen inside the command functions, so ``dqe --help`` is instant.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
-COMMAND_MODULES = (
-    "service.commands.score",
-    "service.commands.model",
-    "service.commands.serve",
-    "service.commands.gate",
-    "service.commands.batch",
-    "training.cli",
-)
+DISTRIBUTION = "dqe-service"
+ENTRY_POINT_GROUP = "dqe.commands"
+_EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([\w.-]+)["']""")
+_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[([^\]]*)\])?")
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def extra_installed(extra: str, dist: str = DISTRIBUTION, _seen: frozenset[str] = frozenset()) -> bool:
+    """Whether every requirement of ``dist[extra]`` is installed (self-references like ``dqe-service[export]``
+    are followed). Only presence is checked; pip already resolved the versions."""
+    if extra in _seen:
+        return True
+    for req in metadata.requires(dist) or ():
+        spec, _, marker = req.partition(";")
+        found = _EXTRA_MARKER.search(marker)
+        if found is None or found.group(1) != extra:
+            continue
+        match = _NAME.match(spec)
+        if match is None:
+            continue
+        name, inner = match.group(1), match.group(3)
+        if name.replace("_", "-").lower() == dist:
+            nested = [e.strip() for e in (inner or "").split(",") if e.strip()]
+            if not all(extra_installed(e, dist, _seen | {extra}) for e in nested):
+                return False
+        elif not _installed(name):
+            return False
+    return True
+
+
+def command_entry_points() -> list[metadata.EntryPoint]:
+    """The ``dqe.commands`` entry points whose extras are installed, in declaration order."""
+    return [
+        ep
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
+        if all(extra_installed(extra) for extra in ep.extras)
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,14 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more logging (-v info, -vv debug)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command whose optional package is not installed
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+    for ep in command_entry_points():
+        ep.load()(sub)
     return parser
 
 

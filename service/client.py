@@ -5,7 +5,7 @@
 ...     remote.mean_stars
 
 Calls retry on UNAVAILABLE (server starting, warming up or draining) with exponential backoff inside one
-overall deadline. Server errors come back as the same :class:`models.errors.DQEError` subclasses local
+overall deadline. Server errors come back as the same :class:`dqe.models.errors.DQEError` subclasses local
 scoring raises (``code``, ``field`` and ``message`` preserved). Never imports torch.
 """
 
@@ -20,27 +20,23 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
 
-import models.errors as errors
-from models.contract import PreprocessingContract
-from models.errors import DQEError, InvalidInput
-from service._proto import quality_estimation_pb2 as pb
-from service._proto import quality_estimation_pb2_grpc as pb_grpc
-from service.engine import ScoreResult
-
-if TYPE_CHECKING:
-    import argparse
+import dqe.models.errors as errors
+from dqe.models.contract import PreprocessingContract
+from dqe.models.errors import DQEError, InvalidInput
+from dqe.models.result import ScoreResult
+from dqe.service._proto import quality_estimation_pb2 as pb
+from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
+from dqe.service.wire import result_from_proto, tensor_from_views
 
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 FIELDS = ("t1c", "t1", "t2", "flair", "segmentation")
-_VERDICT_NAMES = {pb.VERDICT_PASS: "pass", pb.VERDICT_REVIEW: "review", pb.VERDICT_FAIL: "fail"}
-_SEVERITY_NAMES = {pb.SEVERITY_INFO: "info", pb.SEVERITY_REVIEW: "review", pb.SEVERITY_FAIL: "fail"}
 _CODE_CLASSES: dict[str, type[DQEError]] = {
     "INVALID_ARGUMENT": errors.InvalidInput,
     "NOT_FOUND": errors.NotFound,
@@ -89,32 +85,6 @@ def error_from_rpc(err: grpc.RpcError) -> DQEError:
 
 
 # ---------------------------------------------------------------------------------------------- results
-def gate_from_proto(msg: pb.QCGate) -> Any:
-    """A :class:`service.qc.types.GateResult` from a ``QCGate`` message."""
-    from service.qc.types import Check, GateResult, Verdict
-
-    checks = [
-        Check(
-            name=c.name,
-            value=c.value,
-            threshold=c.threshold,
-            passed=c.passed,
-            severity=_SEVERITY_NAMES.get(c.severity, "unspecified"),
-            message=c.message,
-            unit=c.unit,
-        )
-        for c in msg.checks
-    ]
-    return GateResult(
-        verdict=Verdict(_VERDICT_NAMES.get(msg.verdict, "review")),
-        gate_score=msg.gate_score,
-        reasons=list(msg.reasons),
-        checks=checks,
-        star_threshold=msg.star_threshold,
-        elapsed_ms=msg.elapsed_ms,
-    )
-
-
 @dataclass
 class RemoteScore:
     """A server's answer: the same :class:`ScoreResult` in-process scoring returns, plus how it ran."""
@@ -139,25 +109,7 @@ class RemoteScore:
 
     @classmethod
     def from_proto(cls, msg: pb.ScoreResponse) -> RemoteScore:
-        com = None
-        if msg.HasField("center_of_mass"):
-            com = (msg.center_of_mass.x, msg.center_of_mass.y, msg.center_of_mass.z)
-        result = ScoreResult(
-            mean_stars=msg.mean_stars,
-            views={v.view: v.stars for v in msg.views},
-            center_of_mass=com,
-            warnings=list(msg.warnings),
-            model_id=msg.model.model_id,
-            model_sha256=msg.model.model_sha256,
-            timings_ms=dict(msg.timings_ms),
-            case_id=msg.case_id,
-            gate=gate_from_proto(msg.gate) if msg.HasField("gate") else None,
-        )
-        runtime = {
-            "backend": msg.model.backend,
-            "providers": list(msg.model.providers),
-            "precision": msg.model.precision,
-        }
+        result, runtime = result_from_proto(msg)
         return cls(result=result, runtime=runtime, request_id=msg.request_id)
 
 
@@ -298,14 +250,7 @@ class DQEClient:
         views: np.ndarray, case_id: str = "", center_of_mass: tuple[int, int, int] | None = None
     ) -> pb.ScoreViewsRequest:
         """A ``ScoreViewsRequest`` for a ``(3, 7, H, W)`` float32 or float16 array."""
-        views = np.asarray(views)
-        dtypes = {np.dtype(np.float32): pb.DTYPE_FLOAT32, np.dtype(np.float16): pb.DTYPE_FLOAT16}
-        if views.dtype not in dtypes:
-            raise InvalidInput(f"views have dtype {views.dtype}; expected float32 or float16", field="views")
-        data = np.ascontiguousarray(views, dtype=views.dtype.newbyteorder("<")).tobytes()
-        msg = pb.ScoreViewsRequest(
-            case_id=case_id, views=pb.Tensor(data=data, shape=list(views.shape), dtype=dtypes[views.dtype])
-        )
+        msg = pb.ScoreViewsRequest(case_id=case_id, views=tensor_from_views(views))
         if center_of_mass is not None:
             x, y, z = (int(c) for c in center_of_mass)
             msg.center_of_mass.CopyFrom(pb.CenterOfMass(x=x, y=y, z=z))
@@ -466,8 +411,8 @@ class DQEClient:
         run_gate: bool,
         deadline_s: float | None,
     ) -> RemoteScore:
-        from models.preprocess import build_views
-        from service.case import Case
+        from dqe.models.case import Case
+        from dqe.models.preprocess import build_views
 
         contract = self.contract()
         t0 = time.perf_counter()
@@ -486,7 +431,7 @@ class DQEClient:
         result.timings_ms.update({"local_decode": (t1 - t0) * 1e3, "local_preprocess": (t2 - t1) * 1e3})
         if run_gate:
             try:
-                from service.qc.gate import evaluate_case
+                from dqe.models.qc.gate import evaluate_case
             except ImportError as exc:
                 result.warnings.append(f"QC gate is not installed here ({exc}); gate fields left empty")
             else:
@@ -494,85 +439,3 @@ class DQEClient:
                 result.gate = evaluate_case(case, result)
                 result.timings_ms["local_gate"] = (time.perf_counter() - t3) * 1e3
         return remote
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def client_from_args(args: argparse.Namespace) -> DQEClient:
-    """A client from ``dqe score``'s ``--server``/``--tls-*``/``--token``/``--deadline`` options."""
-    token = getattr(args, "token", None) or os.environ.get("DQE_TOKEN") or None
-    return DQEClient(
-        args.server,
-        tls=bool(getattr(args, "tls", False)),
-        ca_cert=getattr(args, "tls_ca", None),
-        client_cert=getattr(args, "tls_cert", None),
-        client_key=getattr(args, "tls_key", None),
-        server_name=getattr(args, "tls_server_name", None),
-        token=token,
-        deadline_s=float(getattr(args, "deadline", None) or 120.0),
-        retries=3 if getattr(args, "retries", None) is None else int(args.retries),
-    )
-
-
-def _local_case_files(args: argparse.Namespace) -> tuple[dict[str, Path], str]:
-    """The five files and case id ``dqe score`` would score locally (same rules as ``load_case``)."""
-    from service.case import discover_files
-    from service.commands.common import case_files
-
-    explicit = case_files(args)
-    if explicit is not None:
-        files = {k: Path(v) for k, v in explicit.items()}
-        return files, files["segmentation"].name.split(".")[0]
-    if not args.case_dir:
-        raise InvalidInput("give a case folder or all of --t1c --t1 --t2 --flair --seg", field="case_dir")
-    found = discover_files(args.case_dir, require_segmentation=args.seg is None)
-    for name in ("t1c", "t1", "t2", "flair"):
-        if getattr(args, name):
-            found[name] = Path(getattr(args, name))
-    if args.seg:
-        found["segmentation"] = Path(args.seg)
-    return found, Path(args.case_dir).name
-
-
-def score_command(args: argparse.Namespace) -> int:
-    """``dqe score --server HOST:PORT``: same inputs and JSON shape as local ``dqe score``; exit 0 or 2."""
-    from service.commands.common import EXIT_INVALID, error_payload, print_json
-
-    t0 = time.perf_counter()
-    try:
-        with client_from_args(args) as client:
-            if getattr(args, "remote_paths", False):
-                if args.case_dir and not all(getattr(args, f) for f in ("t1c", "t1", "t2", "flair", "seg")):
-                    extra = {f: getattr(args, f) for f in ("t1c", "t1", "t2", "flair") if getattr(args, f)}
-                    if args.seg:
-                        extra["segmentation"] = args.seg
-                    remote = client.score_paths(args.case_dir, run_gate=args.gate, **extra)
-                else:
-                    files, case_id = _local_case_files(args)
-                    remote = client.score_paths(None, case_id=case_id, run_gate=args.gate, **files)  # type: ignore[arg-type]
-            else:
-                files, case_id = _local_case_files(args)
-                remote = client.score_files(
-                    **files,  # type: ignore[arg-type]
-                    case_id=case_id,
-                    run_gate=args.gate,
-                    local_slicing=bool(getattr(args, "views", False)),
-                )
-    except DQEError as exc:
-        print_json(error_payload(exc))
-        return EXIT_INVALID
-    except (OSError, ValueError) as exc:  # unreadable TLS files, bad target
-        print_json(
-            {
-                "error": {
-                    "code": "INVALID_ARGUMENT",
-                    "kind": type(exc).__name__,
-                    "field": None,
-                    "message": str(exc),
-                }
-            }
-        )
-        return EXIT_INVALID
-    out = remote.to_dict()
-    out["timings_ms"]["total"] = round((time.perf_counter() - t0) * 1e3, 3)
-    print_json(out)
-    return 0

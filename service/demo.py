@@ -24,18 +24,18 @@ def _case_files(tmp: Path) -> tuple[str, dict[str, Path]]:
         return "BraTS-GLI-00001-000 (real, ../shared/data)", {
             k: REAL / f"{v}.nii.gz" for k, v in names.items()
         }
-    from models.phantom import make_phantom, write_case
+    from dqe.models.phantom import make_phantom, write_case
 
     return "synthetic phantom (seed 0)", write_case(make_phantom(seed=0), tmp / "PHANTOM-00000-000")
 
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from models.artifacts import ensure_model
-    from models.registry import DEFAULT_MODEL_ID
-    from service.client import DQEClient
-    from service.config import ServerConfig
-    from service.server import create_server
+    from dqe.models.artifacts import ensure_model
+    from dqe.models.registry import DEFAULT_MODEL_ID
+    from dqe.service.client import DQEClient
+    from dqe.service.serving.server import create_server
+    from dqe.service.settings import ServerConfig
 
     t0 = time.perf_counter()
     art = ensure_model(DEFAULT_MODEL_ID)

@@ -1,7 +1,7 @@
 """The scoring engine: preprocessing + an inference backend, NumPy in, dataclasses out.
 
 It never imports grpc, so it is tested, benchmarked and used by the batch scorer without a server. The
-backend (:mod:`service.backends`) is chosen once from the configured precision and the hardware: ONNX
+backend (:mod:`dqe.service.backends`) is chosen once from the configured precision and the hardware: ONNX
 Runtime fp32 by default (reference parity), OpenVINO bf16 on CPUs with AMX/AVX512-BF16, ONNX Runtime
 TensorRT/CUDA fp16 on GPUs. A mode the machine cannot run raises ``UnsupportedMode``; the engine never falls
 back silently and says what it runs in :meth:`Engine.info` and its log. Every backend's ``run`` is
@@ -14,17 +14,19 @@ import dataclasses
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from models.artifacts import ModelArtifacts, ensure_model
-from models.contract import PreprocessingContract
-from models.errors import InvalidInput
-from models.preprocess import build_views
-from models.registry import DEFAULT_MODEL_ID
-from service.backends import (
+from dqe.models.artifacts import ModelArtifacts, ensure_model
+from dqe.models.case import Case
+from dqe.models.contract import PreprocessingContract
+from dqe.models.errors import InvalidInput
+from dqe.models.preprocess import build_views
+from dqe.models.registry import DEFAULT_MODEL_ID
+from dqe.models.result import ScoreResult
+from dqe.service.backends import (
     AUTO_ORDER,
     PROVIDER_ALIASES,
     Backend,
@@ -34,7 +36,6 @@ from service.backends import (
     plan_backend,
     resolve_providers,
 )
-from service.case import Case
 
 __all__ = [
     "AUTO_ORDER",
@@ -43,7 +44,6 @@ __all__ = [
     "Engine",
     "EngineConfig",
     "Plan",
-    "ScoreResult",
     "make_backend",
     "plan_backend",
     "resolve_providers",
@@ -87,41 +87,6 @@ class EngineConfig:
     static_batch_sizes: tuple[int, ...] = (3, 24)
     cuda_graph: bool = True
     spin_wait: bool = False
-
-
-@dataclass
-class ScoreResult:
-    """Stars for one segmentation.
-
-    ``views`` maps ``axial``/``coronal``/``sagittal`` to stars (1-6 scale, unclamped, as the reference);
-    ``center_of_mass`` is in voxel indices (x, y, z) of the stored array; ``timings_ms`` has the
-    server-side stage times.
-    """
-
-    mean_stars: float
-    views: dict[str, float]
-    center_of_mass: tuple[int, int, int] | None
-    warnings: list[str]
-    model_id: str
-    model_sha256: str
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    case_id: str = ""
-    gate: Any | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "case_id": self.case_id,
-            "mean_stars": self.mean_stars,
-            "views": dict(self.views),
-            "center_of_mass": list(self.center_of_mass) if self.center_of_mass is not None else None,
-            "warnings": list(self.warnings),
-            "model_id": self.model_id,
-            "model_sha256": self.model_sha256,
-            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
-        }
-        if self.gate is not None:
-            out["gate"] = self.gate.to_dict() if hasattr(self.gate, "to_dict") else self.gate
-        return out
 
 
 class Engine:
@@ -173,7 +138,7 @@ class Engine:
 
     def info(self) -> dict[str, Any]:
         """What is loaded and how it runs: model, backend, providers, precision, hardware, recorded error."""
-        from service.hardware import detect
+        from dqe.service.hardware import detect
 
         return {
             "model_id": self.model_id,
@@ -196,7 +161,7 @@ class Engine:
         On the GPU path this builds every static session (and compiles/caches TensorRT engines), so call it
         before reporting SERVING.
         """
-        from service.hardware import detect
+        from dqe.service.hardware import detect
 
         detect()  # probe the hardware now (imports OpenVINO), not in the first model-info request
         warm = getattr(self.backend, "warmup", None)

@@ -1,6 +1,6 @@
-"""The error hierarchy as seen by the service (defined in :mod:`models.errors`, re-exported here)."""
+"""The error hierarchy as seen by the service (defined in :mod:`dqe.models.errors`, re-exported here)."""
 
-from models.errors import (
+from dqe.models.errors import (
     DQEError,
     EmptySegmentation,
     IntegrityError,

@@ -1,7 +1,7 @@
 """What this machine can run: CPU instruction sets, OpenVINO's CPU capabilities, ONNX Runtime's GPU providers.
 
 The engine asks this module before it builds a backend, so a precision the hardware lacks is refused with
-:class:`models.errors.UnsupportedMode` instead of being emulated slowly or silently replaced:
+:class:`dqe.models.errors.UnsupportedMode` instead of being emulated slowly or silently replaced:
 
 * ``bf16`` needs a CPU with AMX-BF16 (Intel Sapphire Rapids and later) or AVX512-BF16 (Intel Cooper Lake,
   AMD Zen 4 and later) and the ``openvino`` runtime.

@@ -1,4 +1,4 @@
-"""A gRPC health probe: ``python -m service.healthcheck`` exits 0 when the server reports SERVING, else 1.
+"""A gRPC health probe: ``python -m dqe.service.healthcheck`` exits 0 when the server reports SERVING, else 1.
 
 Used by the Docker ``HEALTHCHECK`` (and usable as a Kubernetes exec probe). The target defaults to
 ``127.0.0.1:$DQE_PORT``; TLS settings default to the server's own ``DQE_TLS_*`` variables, so the probe works
@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ
-    p = argparse.ArgumentParser(prog="python -m service.healthcheck", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m dqe.service.healthcheck", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument(
         "--target", default=env.get("DQE_HEALTHCHECK_TARGET") or f"127.0.0.1:{env.get('DQE_PORT') or 50051}"
     )

@@ -75,7 +75,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def engine():
     """One fp32 ONNX Runtime engine for the whole session (model built by `make model` or on first use)."""
-    from service.engine import Engine, EngineConfig
+    from dqe.service.engine import Engine, EngineConfig
 
     return Engine(EngineConfig(intra_op_threads=2))
 
@@ -83,7 +83,7 @@ def engine():
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A BraTS 2023-named phantom case folder (seed 0, spherical lesion, int16 images, labels 1/2/3)."""
-    from models.phantom import make_phantom, write_case
+    from dqe.models.phantom import make_phantom, write_case
 
     folder = tmp_path_factory.mktemp("phantom") / "PHANTOM-00000-000"
     write_case(make_phantom(seed=0), folder, case_id="PHANTOM-00000-000")
@@ -92,6 +92,6 @@ def phantom_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def phantom_case(phantom_dir: Path):
-    from service.case import Case
+    from dqe.models.case import Case
 
     return Case.from_folder(phantom_dir)

@@ -1,7 +1,7 @@
 """Helpers for the gRPC tests: a tiny published ONNX model, TLS certificates, phantom case bytes, servers.
 
 The tiny model is a real ONNX graph (3x3 convolution -> ReLU -> global average pool -> linear) published
-with the real preprocessing contract, so a real :class:`service.engine.Engine` runs it through ONNX Runtime
+with the real preprocessing contract, so a real :class:`dqe.service.engine.Engine` runs it through ONNX Runtime
 in microseconds. Tests of transport, batching, errors and concurrency use it to stay fast on 2 cores; tests
 of scores use the real model.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from models.contract import CONTRACT_V1
+from dqe.models.contract import CONTRACT_V1
 
 TINY_MODEL_ID = "tiny-test"
 SMALL_GRID = (64, 64, 40)
@@ -31,7 +31,7 @@ def publish_tiny_model(home: Path, model_id: str = TINY_MODEL_ID, seed: int = 0)
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from models.registry import sha256_file
+    from dqe.models.registry import sha256_file
 
     rng = np.random.default_rng(seed)
     c = CONTRACT_V1.n_channels
@@ -78,8 +78,8 @@ def publish_tiny_model(home: Path, model_id: str = TINY_MODEL_ID, seed: int = 0)
 
 
 def tiny_engine(home: Path, threads: int = 1) -> Any:
-    from models.artifacts import ModelArtifacts
-    from service.engine import Engine, EngineConfig
+    from dqe.models.artifacts import ModelArtifacts
+    from dqe.service.engine import Engine, EngineConfig
 
     folder = publish_tiny_model(home)
     return Engine(
@@ -118,7 +118,7 @@ class WrappedEngine:
 def write_phantom(
     folder: Path, seed: int, shape: tuple[int, int, int] = SMALL_GRID, **kwargs: Any
 ) -> dict[str, Path]:
-    from models.phantom import make_phantom, write_case
+    from dqe.models.phantom import make_phantom, write_case
 
     return write_case(make_phantom(seed=seed, shape=shape, **kwargs), folder, case_id=folder.name)
 
@@ -175,8 +175,8 @@ def make_certs(folder: Path) -> dict[str, Path]:
 @contextlib.contextmanager
 def running_server(engine: Any, **overrides: Any) -> Iterator[Any]:
     """A started, warmed-up server on 127.0.0.1:0 (metrics on a free port), stopped afterwards."""
-    from service.config import ServerConfig
-    from service.server import create_server
+    from dqe.service.serving.server import create_server
+    from dqe.service.settings import ServerConfig
 
     settings: dict[str, Any] = {
         "host": "127.0.0.1",

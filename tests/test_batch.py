@@ -28,13 +28,13 @@ def _subs(dataset: dict[str, Path]) -> list[Path]:
 
 
 def _options(**kw):
-    from service.batch import BatchOptions
+    from dqe.service.batch import BatchOptions
 
     return BatchOptions(**{"progress": False, "gate": False, "images": False, **kw})
 
 
 def _engine_config():
-    from service.engine import EngineConfig
+    from dqe.service.engine import EngineConfig
 
     return EngineConfig(intra_op_threads=2)
 
@@ -46,7 +46,7 @@ def _journal_lines(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def cli_run(dataset: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One full run through the command line (no images, gate off), shared by several tests."""
-    from service.cli import main
+    from dqe.service.cli import main
 
     out = tmp_path_factory.mktemp("batch-cli") / "out"
     argv = ["batch", str(dataset["cases"]), *map(str, _subs(dataset)), "--out", str(out)]
@@ -93,7 +93,7 @@ def test_stars_identical_to_single_case_scoring(
 ) -> None:
     import pandas as pd
 
-    from service.case import Case, discover_files
+    from dqe.models.case import Case, discover_files
 
     out, _ = cli_run
     df = pd.read_parquet(out / "scores.parquet")
@@ -139,7 +139,7 @@ def test_broken_file_is_reported_with_its_typed_error_and_skipped(cli_run: tuple
 def test_rerun_skips_done_and_rescored_changed_file(
     cli_run: tuple[Path, dict], dataset: dict[str, Path], tmp_path: Path
 ) -> None:
-    from service.batch import run_batch
+    from dqe.service.batch import run_batch
 
     out = tmp_path / "out"
     shutil.copytree(cli_run[0], out)
@@ -172,8 +172,8 @@ def test_crash_mid_run_then_resume_loses_and_duplicates_nothing(
 ) -> None:
     import pandas as pd
 
-    import service.batch.pipeline as pipeline
-    from service.batch import run_batch
+    import dqe.service.batch.pipeline as pipeline
+    from dqe.service.batch import run_batch
 
     out = tmp_path / "out"
     real = pipeline.infer_case
@@ -213,8 +213,8 @@ def test_crash_mid_run_then_resume_loses_and_duplicates_nothing(
 def test_unexpected_error_is_recorded_then_retried(
     dataset: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import service.batch.prepare as prepare
-    from service.batch import run_batch
+    import dqe.service.batch.prepare as prepare
+    from dqe.service.batch import run_batch
 
     sub = tmp_path / "delta"
     sub.mkdir()
@@ -244,8 +244,8 @@ def test_gate_verdicts_flow_into_records_and_summary(
     """With a QC gate module present, verdicts, scores and reasons land in the table and summary."""
     import pandas as pd
 
-    from service.batch import run_batch
-    from service.qc.types import Check, GateResult, Verdict
+    from dqe.models.qc.types import Check, GateResult, Verdict
+    from dqe.service.batch import run_batch
 
     seen = []
 
@@ -256,9 +256,9 @@ def test_gate_verdicts_flow_into_records_and_summary(
         check = Check("stars", result.mean_stars, 5.6, verdict is Verdict.PASS, "review", "stars", "stars")
         return GateResult(verdict, result.mean_stars / 6, reasons, [check], 5.6)
 
-    fake = types.ModuleType("service.qc.gate")
+    fake = types.ModuleType("dqe.models.qc.gate")
     fake.evaluate_case = evaluate_case  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "service.qc.gate", fake)
+    monkeypatch.setitem(sys.modules, "dqe.models.qc.gate", fake)
     out = tmp_path / "out"
     sub = [dataset["alpha"], dataset["gamma"]]
     run_batch(dataset["cases"], sub, out, engine_config=_engine_config(), options=_options(gate=True))
@@ -277,7 +277,7 @@ def test_gate_verdicts_flow_into_records_and_summary(
 
 
 def test_missing_submission_is_a_not_found_row(dataset: dict[str, Path], tmp_path: Path) -> None:
-    from service.batch.dataset import discover_dataset
+    from dqe.service.batch.dataset import discover_dataset
 
     sub = tmp_path / "partial"
     sub.mkdir()
@@ -291,8 +291,8 @@ def test_missing_submission_is_a_not_found_row(dataset: dict[str, Path], tmp_pat
 
 
 def test_dataset_errors_are_typed(dataset: dict[str, Path], tmp_path: Path) -> None:
-    from models.errors import InvalidInput, NotFound
-    from service.batch.dataset import discover_dataset
+    from dqe.models.errors import InvalidInput, NotFound
+    from dqe.service.batch.dataset import discover_dataset
 
     with pytest.raises(NotFound):
         discover_dataset(tmp_path / "nope", [dataset["alpha"]])
@@ -308,7 +308,7 @@ def test_dataset_errors_are_typed(dataset: dict[str, Path], tmp_path: Path) -> N
 
 
 def test_cli_invalid_dataset_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from service.cli import main
+    from dqe.service.cli import main
 
     code = main(
         ["batch", str(tmp_path / "missing"), str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]
@@ -322,8 +322,8 @@ def test_identical_submissions_run_their_views_once(
 ) -> None:
     import pandas as pd
 
-    import service.engine as engine_mod
-    from service.batch import run_batch
+    import dqe.service.engine as engine_mod
+    from dqe.service.batch import run_batch
 
     cases = tmp_path / "cases"
     cases.mkdir()
@@ -352,7 +352,7 @@ def test_identical_submissions_run_their_views_once(
     assert df.loc["alpha", "mean_stars"] == df.loc["twin", "mean_stars"] != df.loc["beta", "mean_stars"]
 
     # Many teams: the case is run in bounded chunks, with the same numbers.
-    import service.batch.scoring as scoring
+    import dqe.service.batch.scoring as scoring
 
     monkeypatch.setattr(scoring, "MAX_VIEWS_PER_RUN", 4)
     batches.clear()
@@ -372,7 +372,7 @@ def test_pipeline_prefetches_the_next_case_with_bounded_memory(monkeypatch: pyte
     """Stage 1 of case i+1 runs while case i is inferred; at most prefetch + 2 cases are prepared ahead."""
     import threading
 
-    import service.batch.pipeline as pipeline
+    import dqe.service.batch.pipeline as pipeline
 
     n_cases, prefetch = 6, 1
     started: list[int] = []
@@ -424,8 +424,8 @@ def test_real_toolkit_case_matches_single_case_scoring(tmp_path: Path, engine) -
     """A real BraTS Toolkit case (5 algorithms + 2 fusions, `_bet` file names) through the batch pipeline."""
     import pandas as pd
 
-    from service.batch import run_batch
-    from service.case import Case, discover_files
+    from dqe.models.case import Case, discover_files
+    from dqe.service.batch import run_batch
     from tests.conftest import TOOLKIT
 
     case = "OtherEXampleFromTCIA"

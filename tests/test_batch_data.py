@@ -29,7 +29,7 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 def build_dataset(root: Path) -> dict[str, Path]:
     """Write (once) and return ``{"cases": ..., "alpha": ..., "beta": ..., "gamma": ..., "gt": ...}``."""
-    from models.phantom import make_phantom, write_case
+    from dqe.models.phantom import make_phantom, write_case
 
     dirs = {"cases": root / "cases", **{t: root / t for t in TEAMS}, "gt": root / "gt"}
     marker = root / ".complete"

@@ -19,7 +19,7 @@ def _cube(shape=(40, 40, 40), lo=(10, 10, 10), size=10, label=2) -> np.ndarray:
 @pytest.fixture(scope="module")
 def metrics_fn():
     pytest.importorskip("monai")
-    from service.batch.metrics import segmentation_metrics
+    from dqe.service.batch.metrics import segmentation_metrics
 
     return segmentation_metrics
 
@@ -87,7 +87,7 @@ def test_crop_does_not_change_the_metrics(metrics_fn) -> None:
 
 
 def test_shape_mismatch_is_invalid_input(metrics_fn) -> None:
-    from models.errors import InvalidInput
+    from dqe.models.errors import InvalidInput
 
     with pytest.raises(InvalidInput, match="shape"):
         metrics_fn(np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 5), np.uint8))
@@ -97,7 +97,7 @@ def test_shape_mismatch_is_invalid_input(metrics_fn) -> None:
 
 
 def test_pearson_matches_numpy_and_its_interval_is_fisher_z() -> None:
-    from service.batch.stats import pearson
+    from dqe.models.stats import pearson
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=50)
@@ -112,7 +112,7 @@ def test_pearson_matches_numpy_and_its_interval_is_fisher_z() -> None:
 
 
 def test_spearman_interval_and_nan_handling() -> None:
-    from service.batch.stats import spearman
+    from dqe.models.stats import spearman
 
     x = np.array([1, 2, 3, 4, 5, 6, 7, 8, np.nan])
     y = np.array([2, 1, 4, 3, 6, 5, 8, 7, 100.0])
@@ -126,7 +126,7 @@ def test_spearman_interval_and_nan_handling() -> None:
 
 
 def test_correlations_are_nan_when_undefined() -> None:
-    from service.batch.stats import pearson, spearman
+    from dqe.models.stats import pearson, spearman
 
     for fn in (pearson, spearman):
         assert math.isnan(fn([1, 2, 3], [1, 2, 3])["r"])  # fewer than 4 pairs
@@ -139,7 +139,7 @@ def test_correlations_are_nan_when_undefined() -> None:
 
 
 def test_journal_cuts_a_torn_last_line_and_keeps_the_last_record(tmp_path: Path) -> None:
-    from service.batch.journal import Journal
+    from dqe.service.batch.journal import Journal
 
     path = tmp_path / "j.jsonl"
     j = Journal(path)
@@ -156,7 +156,7 @@ def test_journal_cuts_a_torn_last_line_and_keeps_the_last_record(tmp_path: Path)
 
 
 def test_journal_retries_untyped_errors_only(tmp_path: Path) -> None:
-    from service.batch.journal import Journal
+    from dqe.service.batch.journal import Journal
 
     j = Journal(tmp_path / "j.jsonl")
     j.append(
@@ -169,8 +169,8 @@ def test_journal_retries_untyped_errors_only(tmp_path: Path) -> None:
 
 
 def test_case_spec_round_trips_through_json(tmp_path: Path) -> None:
-    from models.errors import NotFound
-    from service.batch.dataset import CaseSpec, SegJob
+    from dqe.models.errors import NotFound
+    from dqe.service.batch.dataset import CaseSpec, SegJob
 
     spec = CaseSpec(
         "C1",
@@ -189,8 +189,8 @@ def test_case_spec_round_trips_through_json(tmp_path: Path) -> None:
 
 
 def test_missing_ground_truth_is_a_warning_not_a_failure(tmp_path: Path) -> None:
-    from service.batch.dataset import CaseSpec
-    from service.batch.prepare import _reference_labels
+    from dqe.service.batch.dataset import CaseSpec
+    from dqe.service.batch.prepare import _reference_labels
 
     expected = CaseSpec("C1", tmp_path, {}, None, (), labels_expected=True)
     labels, note = _reference_labels(expected, {})

@@ -28,8 +28,8 @@ def local_ray():
 def test_ray_engine_matches_local_engine(local_ray, tmp_path_factory: pytest.TempPathFactory) -> None:
     import pandas as pd
 
-    from service.batch import BatchOptions, run_batch
-    from service.engine import EngineConfig
+    from dqe.service.batch import BatchOptions, run_batch
+    from dqe.service.engine import EngineConfig
 
     data = build_dataset(tmp_path_factory.getbasetemp() / "batch-dataset")
     subs = [data["alpha"], data["gamma"]]

@@ -20,8 +20,8 @@ pytest.importorskip("monai")
 
 @pytest.fixture(scope="module")
 def labelled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from service.batch import BatchOptions, run_batch
-    from service.engine import EngineConfig
+    from dqe.service.batch import BatchOptions, run_batch
+    from dqe.service.engine import EngineConfig
 
     data = build_dataset(tmp_path_factory.getbasetemp() / "batch-dataset")
     out = tmp_path_factory.mktemp("batch-report") / "out"
@@ -100,9 +100,9 @@ def test_real_gate_verdicts_when_the_gate_is_installed(labelled_run: Path) -> No
 
     df = pd.read_csv(labelled_run / "scores.csv", keep_default_na=False)
     summary = json.loads((labelled_run / "summary.json").read_text())
-    if importlib.util.find_spec("service.qc.gate") is None:
+    if importlib.util.find_spec("dqe.models.qc.gate") is None:
         assert summary["gate"] is False and set(df["verdict"]) == {""}
-        pytest.skip("service.qc.gate is not installed: verdicts are left empty (checked)")
+        pytest.skip("dqe.models.qc.gate is not installed: verdicts are left empty (checked)")
     scored = df[df["error"] == ""]
     assert summary["gate"] is True
     assert set(scored["verdict"]) <= {"pass", "review", "fail"} and (scored["verdict"] != "").all()
@@ -117,7 +117,7 @@ def test_real_gate_verdicts_when_the_gate_is_installed(labelled_run: Path) -> No
 
 
 def test_mosaic_overlay_uses_the_paper_colours() -> None:
-    from service.batch.mosaic import overlay
+    from dqe.service.batch.mosaic import overlay
 
     gray = np.full((1, 4), 100, np.uint8)
     rgb = overlay(gray, np.array([[0, 1, 2, 3]], np.uint8)).astype(int)

@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from models.errors import EmptySegmentation, InvalidInput, NotFound, UnreadableFile
-from models.phantom import NAMINGS, make_phantom, write_case
-from service.case import Case, classify_filename, discover_files
+from dqe.models.case import Case, classify_filename, discover_files
+from dqe.models.errors import EmptySegmentation, InvalidInput, NotFound, UnreadableFile
+from dqe.models.phantom import NAMINGS, make_phantom, write_case
 
 SMALL = (64, 64, 40)
 
@@ -166,7 +166,7 @@ def test_truncated_and_non_nifti_files(tmp_path: Path, small) -> None:
 
 def test_scaled_nifti_slices_match_get_fdata(tmp_path: Path, small) -> None:
     """scl_slope/scl_inter are applied to slices exactly as nibabel's get_fdata does."""
-    from service.nifti import load_nifti
+    from dqe.models.nifti import load_nifti
 
     img = nib.Nifti1Image(small.t1.astype(np.int16), small.affine)
     img.header.set_slope_inter(0.37, 12.5)

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from service.cli import main
+from dqe.service.cli import main
 
 HEAVY = ("torch", "onnxruntime", "grpc", "monai", "pandas", "ray", "matplotlib", "openvino")
 
 
 def test_help_imports_nothing_heavy() -> None:
     code = (
-        "import sys; from service.cli import build_parser; build_parser().format_help(); "
+        "import sys; from dqe.service.cli import build_parser; build_parser().format_help(); "
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from models.errors import UnreadableFile
-from models.phantom import make_phantom, write_case
-from service.case import Case
-from service.nifti import decode_nifti, gunzip, gzip_backend, load_nifti
+from dqe.models.case import Case
+from dqe.models.errors import UnreadableFile
+from dqe.models.nifti import decode_nifti, gunzip, gzip_backend, load_nifti
+from dqe.models.phantom import make_phantom, write_case
 from tests.conftest import real_cases
 
 BACKENDS = ("isal", "zlib")

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from models.errors import InvalidInput, ModelNotReady, Overloaded
-from service.batching import DeadlineExpired, DynamicBatcher
+from dqe.models.errors import InvalidInput, ModelNotReady, Overloaded
+from dqe.service.serving.batcher import DeadlineExpired, DynamicBatcher
 
 
 class Recorder:

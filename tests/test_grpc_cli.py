@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from dqe.service.cli import main
 from tests.grpc_support import running_server, write_phantom
 
 

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.errors import DQEError
-from models.phantom import make_phantom
-from service.case import Case
-from service.client import DQEClient
+from dqe.models.case import Case
+from dqe.models.errors import DQEError
+from dqe.models.phantom import make_phantom
+from dqe.service.client import DQEClient
 from tests.grpc_support import (
     SMALL_GRID,
     make_certs,
@@ -85,7 +85,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
         token=TOKEN,
         allowed_roots=(str(root),),
     ) as server:
-        from service.case import discover_files
+        from dqe.models.case import discover_files
 
         good = read_bytes(discover_files(root / "GOOD-1"))
         yield Env(f"127.0.0.1:{server.port}", certs, root, outside, good, phantom.arrays(), engine)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.errors import DQEError
-from service.case import Case, discover_files
-from service.client import DQEClient
+from dqe.models.case import Case, discover_files
+from dqe.models.errors import DQEError
+from dqe.service.client import DQEClient
 from tests.grpc_support import read_bytes, running_server, tiny_engine, write_phantom
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_sigterm_during_load_finishes_in_flight_calls(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "service.cli",
+        "dqe.service.cli",
         "serve",
         "--host",
         "127.0.0.1",

@@ -15,12 +15,12 @@ import grpc
 import numpy as np
 import pytest
 
-from models.errors import DQEError, InvalidInput, ModelNotReady, NotFound
-from service._proto import quality_estimation_pb2 as pb
-from service._proto import quality_estimation_pb2_grpc as pb_grpc
-from service.case import Case
-from service.client import DQEClient
-from service.config import ServerConfig
+from dqe.models.case import Case
+from dqe.models.errors import DQEError, InvalidInput, ModelNotReady, NotFound
+from dqe.service._proto import quality_estimation_pb2 as pb
+from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
+from dqe.service.client import DQEClient
+from dqe.service.settings import ServerConfig
 from tests.conftest import real_cases
 from tests.grpc_support import WrappedEngine, read_bytes, rpc_code, running_server, tiny_engine, write_phantom
 
@@ -48,7 +48,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
 
 
 def files_of(folder: Path) -> dict[str, Path]:
-    from service.case import discover_files
+    from dqe.models.case import discover_files
 
     return discover_files(folder)
 
@@ -118,7 +118,7 @@ def test_health_not_serving_until_warm_then_serving_and_client_retries(tiny) -> 
         assert client.health() == "SERVING" == client.health("dqe.v1.QualityEstimation")
         assert client.health("no.such.Service") == "SERVICE_UNKNOWN"
         # The Docker probe agrees.
-        from service.healthcheck import main as probe
+        from dqe.service.healthcheck import main as probe
 
         assert probe(["--target", f"127.0.0.1:{server.port}", "--plaintext"]) == 0
     assert probe(["--target", f"127.0.0.1:{server.port}", "--plaintext", "--timeout", "0.5"]) == 1
@@ -175,7 +175,7 @@ def test_oversize_message_rejected_clearly(tiny, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_default_limit_accepts_a_full_size_uncompressed_case(tiny, tmp_path: Path) -> None:
-    from models.phantom import make_phantom, write_case
+    from dqe.models.phantom import make_phantom, write_case
 
     paths = write_case(make_phantom(seed=3), tmp_path / "raw", compressed=False)
     size = sum(p.stat().st_size for p in paths.values())
@@ -261,7 +261,7 @@ def test_run_gate_fills_gate_fields_or_warns(engine, real_server, cases: Path) -
     with DQEClient(f"127.0.0.1:{real_server.port}") as client:
         remote = client.score_paths(cases / "P-0001", run_gate=True)
     try:
-        from service.qc.gate import evaluate_case
+        from dqe.models.qc.gate import evaluate_case
     except ImportError:
         assert remote.result.gate is None
         assert any("QC gate is not available" in w for w in remote.result.warnings)
@@ -305,8 +305,8 @@ def test_config_cli_over_env_over_defaults() -> None:
 
 def test_serving_code_never_imports_torch() -> None:
     code = (
-        "import sys; import service.server, service.client, service.servicer, service.healthcheck, "
-        "service.commands.serve; bad = [m for m in ('torch', 'monai') if m in sys.modules]; "
+        "import sys; import dqe.service.serving.server, dqe.service.client, dqe.service.serving.servicer, dqe.service.healthcheck, "
+        "dqe.service.commands.serve; bad = [m for m in ('torch', 'monai') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
@@ -315,6 +315,6 @@ def test_serving_code_never_imports_torch() -> None:
 
 def test_generated_code_is_up_to_date() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "service.protogen", "--check"], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "dqe.service.protogen", "--check"], capture_output=True, text=True, cwd=REPO
     )
     assert proc.returncode == 0, proc.stderr

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.phantom import make_phantom, write_case
-from models.preprocess import build_views
-from service.case import Case
+from dqe.models.case import Case
+from dqe.models.phantom import make_phantom, write_case
+from dqe.models.preprocess import build_views
 from tests.conftest import DQE_TEST_DATA, real_cases
 
 TOLERANCE = 1e-4  # stars, per view

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.errors import IntegrityError, UnsupportedMode
-from service.backends import Plan, mode_config, mode_key, plan_backend, resolve_providers
-from service.engine import Engine, EngineConfig
-from service.hardware import CpuInfo, Hardware, detect, parse_cpuinfo
+from dqe.models.errors import IntegrityError, UnsupportedMode
+from dqe.service.backends import Plan, mode_config, mode_key, plan_backend, resolve_providers
+from dqe.service.engine import Engine, EngineConfig
+from dqe.service.hardware import CpuInfo, Hardware, detect, parse_cpuinfo
 from tests.conftest import SHARED_DATA, real_cases
 
 BUDGET = 0.01
@@ -195,8 +195,8 @@ def test_engine_info_names_backend_providers_precision(engine: Engine) -> None:
 # ----------------------------------------------------------------------------- GPU code path, run on CPU
 @pytest.fixture(scope="module")
 def device_backend_fp32():
-    from models.artifacts import ensure_model
-    from service.backends.ort import OrtDeviceBackend
+    from dqe.models.artifacts import ensure_model
+    from dqe.service.backends.ort import OrtDeviceBackend
 
     art = ensure_model(EngineConfig().model_id)
     plan = Plan("onnxruntime", "fp32", CPU_ONLY, "test: the GPU path on the CPU provider")
@@ -204,7 +204,7 @@ def device_backend_fp32():
 
 
 def test_bucket_plan_pads_below_the_smallest_size() -> None:
-    from service.backends.ort import bucket_plan
+    from dqe.service.backends.ort import bucket_plan
 
     assert bucket_plan(3, (3, 24)) == [(0, 3, 3)]
     assert bucket_plan(4, (3, 24)) == [(0, 3, 3), (3, 4, 3)]
@@ -251,8 +251,8 @@ def test_static_sessions_are_thread_safe(device_backend_fp32, engine: Engine) ->
 def test_fp16_graph_on_the_static_path_stays_within_budget(engine: Engine, phantom_case) -> None:
     """The CUDA-provider fp16 route (graph converted to fp16) run by the CPU provider: numerics only."""
     pytest.importorskip("onnx")
-    from models.artifacts import ensure_model
-    from service.backends.ort import OrtDeviceBackend
+    from dqe.models.artifacts import ensure_model
+    from dqe.service.backends.ort import OrtDeviceBackend
 
     art = ensure_model(EngineConfig().model_id)
     fp16 = OrtDeviceBackend(art, cfg(), Plan("onnxruntime", "fp16", CPU_ONLY, "test"))
@@ -265,8 +265,8 @@ def test_gpu_provider_that_does_not_start_is_an_error(monkeypatch: pytest.Monkey
     """onnxruntime falls back to CPU when CUDA cannot load; the backend must refuse that, not hide it."""
     import onnxruntime as ort
 
-    from models.artifacts import ensure_model
-    from service.backends.ort import OrtDeviceBackend
+    from dqe.models.artifacts import ensure_model
+    from dqe.service.backends.ort import OrtDeviceBackend
 
     real = ort.InferenceSession
 
@@ -283,8 +283,8 @@ def test_gpu_provider_that_does_not_start_is_an_error(monkeypatch: pytest.Monkey
 
 # ----------------------------------------------------------------------------- card: precision_errors
 def test_write_precision_errors_is_atomic_and_keeps_the_checksum(tmp_path: Path) -> None:
-    from models.artifacts import ModelArtifacts, ensure_model
-    from service.backends.calibration import write_precision_errors
+    from dqe.models.artifacts import ModelArtifacts, ensure_model
+    from dqe.service.backends.calibration import write_precision_errors
 
     src = ensure_model(EngineConfig().model_id).directory
     dst = tmp_path / "model"
@@ -311,7 +311,7 @@ def test_write_precision_errors_is_atomic_and_keeps_the_checksum(tmp_path: Path)
 
 
 def test_error_stats() -> None:
-    from service.backends.calibration import error_stats
+    from dqe.service.backends.calibration import error_stats
 
     ref = np.array([[5.0, 4.0, 3.0], [2.0, 2.0, 2.0]])
     got = ref + np.array([[0.003, -0.001, 0.0], [0.0, 0.0, -0.006]])
@@ -325,7 +325,7 @@ def test_error_stats() -> None:
 # ----------------------------------------------------------------------------- real cases
 @pytest.mark.real_data
 def test_discover_cases_finds_every_shared_pair() -> None:
-    from service.backends.calibration import discover_cases
+    from dqe.service.backends.calibration import discover_cases
 
     found = {tuple(sorted((k, str(v)) for k, v in c.files.items())) for c in discover_cases(SHARED_DATA)}
     expected = {tuple(sorted((k, str(v)) for k, v in f.items())) for _, f in real_cases()}
@@ -340,7 +340,7 @@ def test_each_available_mode_scores_real_cases_within_its_recorded_error(engine:
     The bound is the card's recorded max |delta| when it was measured on this CPU (plus 1e-4 for
     thread-count-dependent summation order), else the 0.01-star budget; it never exceeds the budget.
     """
-    from service.backends.calibration import available_modes, preprocessed_views, stars_per_case
+    from dqe.service.backends.calibration import available_modes, preprocessed_views, stars_per_case
 
     modes = available_modes()
     if not modes:
@@ -371,6 +371,6 @@ def test_each_available_mode_scores_real_cases_within_its_recorded_error(engine:
 
 
 def _case(name: str, files: dict[str, Path]):
-    from service.backends.calibration import RealCase
+    from dqe.service.backends.calibration import RealCase
 
     return RealCase(name=name, files=files)

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from models.contract import CONTRACT_V1, PreprocessingContract
-from models.errors import EmptySegmentation
-from models.preprocess import center_of_mass, label_channels, pad_to_size, scale_percentiles, torch_quantile
+from dqe.models.contract import CONTRACT_V1, PreprocessingContract
+from dqe.models.errors import EmptySegmentation
+from dqe.models.preprocess import (
+    center_of_mass,
+    label_channels,
+    pad_to_size,
+    scale_percentiles,
+    torch_quantile,
+)
 
 torch = pytest.importorskip("torch")
 

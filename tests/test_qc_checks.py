@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.phantom import make_phantom
-from service.case import Case
-from service.nifti import Volume, from_array
-from service.qc import checks as C
-from service.qc.brain import brain_mask, brain_mask_full, signal_mask
-from service.qc.config import GateConfig
-from service.qc.context import Context
-from service.qc.gate import case_checks, verdict_of
-from service.qc.morphology import box_dilate, box_erode, fill_holes
-from service.qc.types import Check
+from dqe.models.case import Case
+from dqe.models.nifti import Volume, from_array
+from dqe.models.phantom import make_phantom
+from dqe.models.qc import checks as C
+from dqe.models.qc.brain import brain_mask, brain_mask_full, signal_mask
+from dqe.models.qc.config import GateConfig
+from dqe.models.qc.context import Context
+from dqe.models.qc.gate import case_checks, verdict_of
+from dqe.models.qc.morphology import box_dilate, box_erode, fill_holes
+from dqe.models.qc.types import Check
 
 CFG = GateConfig()
 # Phantom seed 4: lesion centred ~32 voxels right of the midline (x=152), so a left-right flip moves it.
@@ -283,7 +283,7 @@ def test_boundary_alignment_detects_shift(phantom):
 
 
 def test_orientation_detects_left_right_flip(phantom, brain):
-    from service.qc.failures import generate_failure
+    from dqe.models.qc.failures import generate_failure
 
     seg = phantom.segmentation
     good = checks_of(case_with(phantom, seg))["orientation"]

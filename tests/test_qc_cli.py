@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from models.phantom import make_phantom, write_case
-from service.cli import main
-from service.qc.brain import brain_mask_full
-from service.qc.failures import generate_failure
+from dqe.models.phantom import make_phantom, write_case
+from dqe.models.qc.brain import brain_mask_full
+from dqe.models.qc.failures import generate_failure
+from dqe.service.cli import main
 
 
 def _save_seg(labels: np.ndarray, affine: np.ndarray, path: Path) -> Path:
@@ -106,7 +106,7 @@ def test_gate_subprocess_exit_code(gate_case):
     argv = [
         sys.executable,
         "-m",
-        "service.cli",
+        "dqe.service.cli",
         "gate",
         *_image_args(gate_case["files"]),
         f"--seg={gate_case['segs']['all_voxels']}",
@@ -163,7 +163,7 @@ def test_gate_eval_rejects_bad_lists(tmp_path, capsys):
 
 
 def test_auc_and_roc_helpers():
-    from service.qc.evaluate import auc, roc_points
+    from dqe.service.gate_eval import auc, roc_points
 
     assert auc([3, 4], [1, 2]) == 1.0
     assert auc([1, 2], [3, 4]) == 0.0

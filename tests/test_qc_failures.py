@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from models.phantom import make_phantom
-from service.case import Case
-from service.qc.brain import brain_mask_full
-from service.qc.failures import FAILURE_MODES, MIN_COMPARTMENT_VOXELS, applicable_modes, generate_failure
-from service.qc.gate import case_checks, verdict_of
+from dqe.models.case import Case
+from dqe.models.phantom import make_phantom
+from dqe.models.qc.brain import brain_mask_full
+from dqe.models.qc.failures import FAILURE_MODES, MIN_COMPARTMENT_VOXELS, applicable_modes, generate_failure
+from dqe.models.qc.gate import case_checks, verdict_of
 
 # The checks that name the right reason for each failure mode (any one of them suffices).
 EXPECTED_REASONS = {
@@ -151,7 +151,7 @@ def test_gate_flags_every_mode_on_a_phantom(phantom, brain, mode):
 
 
 def test_empty_mode_is_rejected_by_the_case(phantom):
-    from models.errors import EmptySegmentation
+    from dqe.models.errors import EmptySegmentation
 
     seg = generate_failure(phantom.segmentation, "empty", 0)
     with pytest.raises(EmptySegmentation):
@@ -163,8 +163,8 @@ def test_empty_mode_is_rejected_by_the_case(phantom):
 @pytest.mark.parametrize("source", ["BraTS-GLI-00001-000/seg-BraTS23_1", "OtherEXampleFromTCIA/fusion/mav"])
 def test_gate_flags_every_mode_on_real_cases(engine, source):
     """Every applicable failure mode of a real segmentation: fail or review, for the right reason."""
-    from models.errors import EmptySegmentation
-    from service.qc.gate import empty_segmentation_result, evaluate_case
+    from dqe.models.errors import EmptySegmentation
+    from dqe.models.qc.gate import empty_segmentation_result, evaluate_case
     from tests.conftest import real_cases
 
     files = dict(real_cases())[source]
@@ -174,7 +174,7 @@ def test_gate_flags_every_mode_on_real_cases(engine, source):
     modes = applicable_modes(good.labels)
     if source.startswith("BraTS-GLI"):
         assert set(modes) == set(FAILURE_MODES)  # this case exercises every mode
-    from service.nifti import from_array
+    from dqe.models.nifti import from_array
 
     for mode in modes:
         labels = generate_failure(good.labels, mode, 0, brain)

@@ -7,11 +7,11 @@ import copy
 import numpy as np
 import pytest
 
-from models.phantom import make_phantom
-from service.case import Case
-from service.qc.config import GateConfig
-from service.qc.gate import BAND, empty_segmentation_result, evaluate_case, gate_score, verdict_of
-from service.qc.types import Check, GateResult, Verdict
+from dqe.models.case import Case
+from dqe.models.phantom import make_phantom
+from dqe.models.qc.config import GateConfig
+from dqe.models.qc.gate import BAND, empty_segmentation_result, evaluate_case, gate_score, verdict_of
+from dqe.models.qc.types import Check, GateResult, Verdict
 
 
 def _check(name: str, passed: bool, severity: str) -> Check:

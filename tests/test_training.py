@@ -18,11 +18,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.errors import InvalidInput, NotFound  # noqa: E402
-from training.config import TrainConfig, build_contract, load_config, replace  # noqa: E402
-from training.data import make_samples, split_exams, validate_ratings  # noqa: E402
-from training.evaluate import regression_metrics, summarize  # noqa: E402
-from training.trainer import METRICS_COLUMNS, RunError, train  # noqa: E402
+from dqe.models.errors import InvalidInput, NotFound  # noqa: E402
+from dqe.training.config import TrainConfig, build_contract, load_config, replace  # noqa: E402
+from dqe.training.data import make_samples, split_exams, validate_ratings  # noqa: E402
+from dqe.training.evaluate import regression_metrics, summarize  # noqa: E402
+from dqe.training.trainer import METRICS_COLUMNS, RunError, train  # noqa: E402
 
 SMOKE = Path(__file__).resolve().parents[1] / "training" / "configs" / "smoke.yaml"
 # A contract other than the default: 5 channels (one binary whole-tumour channel), min-max scaling.
@@ -119,7 +119,7 @@ def test_existing_run_needs_resume_and_same_config(runs: dict[str, Path], smoke_
 @pytest.fixture(scope="module")
 def published(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     """The finished run exported once (about 40 s) into a temporary model home."""
-    from training.publish import publish_run
+    from dqe.training.publish import publish_run
 
     home = tmp_path_factory.mktemp("dqe-home")
     with pytest.MonkeyPatch.context() as mp:
@@ -139,7 +139,7 @@ def test_published_model_passes_parity_and_records_training(published, runs: dic
     record = json.loads((runs["straight"] / "run.json").read_text())
     assert art.card["training"]["data_hash"] == record["data_hash"]
     assert art.card["training"]["seed"] == record["seed"]
-    from models.registry import sha256_file
+    from dqe.models.registry import sha256_file
 
     assert art.card["weights_sha256"] == sha256_file(runs["straight"] / "model.pth")
 
@@ -148,9 +148,9 @@ def test_published_model_passes_parity_and_records_training(published, runs: dic
 def test_engine_serves_published_model(
     published, runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from models.network import load_network
-    from service.case import Case
-    from service.engine import Engine, EngineConfig
+    from dqe.models.case import Case
+    from dqe.models.network import load_network
+    from dqe.service.engine import Engine, EngineConfig
 
     art, home = published
     monkeypatch.setenv("DQE_HOME", str(home))
@@ -172,7 +172,7 @@ def test_engine_serves_published_model(
 def test_cli_evaluate_published_model(
     published, runs: dict[str, Path], tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    from service.cli import main
+    from dqe.service.cli import main
 
     _, home = published
     monkeypatch.setenv("DQE_HOME", str(home))
@@ -196,7 +196,7 @@ def test_cli_evaluate_published_model(
 @pytest.mark.slow
 def test_cli_train_smoke_config_and_evaluate_run(tmp_path: Path, capsys) -> None:
     """The shipped smoke config through ``dqe train`` (1 epoch, 7 channels), then ``dqe evaluate --run``."""
-    from service.cli import main
+    from dqe.service.cli import main
 
     run = tmp_path / "run"
     rc = main(
@@ -217,8 +217,8 @@ def test_cli_train_smoke_config_and_evaluate_run(tmp_path: Path, capsys) -> None
 
 # --------------------------------------------------------------------------------------- cheap units
 def test_optimizers_step() -> None:
-    from training.config import OptimConfig
-    from training.model import build_optimizer
+    from dqe.training.config import OptimConfig
+    from dqe.training.model import build_optimizer
 
     for name in ("ranger21", "adamw", "sgd"):
         torch.manual_seed(0)
@@ -236,8 +236,8 @@ def test_optimizers_step() -> None:
 
 
 def test_frozen_prefix_matches_full_network() -> None:
-    from models.network import build_network
-    from training.model import SplitNetwork
+    from dqe.models.network import build_network
+    from dqe.training.model import SplitNetwork
 
     torch.manual_seed(0)
     net = build_network("densenet121", 7).eval()
@@ -315,7 +315,7 @@ def test_split_by_exam_is_seeded() -> None:
 
 
 def test_contract_variants() -> None:
-    from training.config import ContractConfig
+    from dqe.training.config import ContractConfig
 
     assert build_contract(ContractConfig()).n_channels == 7
     wt = build_contract(ContractConfig(labels="wt", normalization="minmax"))
@@ -323,7 +323,7 @@ def test_contract_variants() -> None:
     assert wt.version != build_contract(ContractConfig()).version
     small = build_contract(ContractConfig(overrides={"spatial_size": [64, 64]}))
     assert small.spatial_size == (64, 64)
-    from models.contract import PreprocessingContract
+    from dqe.models.contract import PreprocessingContract
 
     if "label_encoding" not in PreprocessingContract.__dataclass_fields__:
         with pytest.raises(ValueError, match="label_encoding"):
@@ -344,7 +344,7 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
 
 
 def test_failed_start_leaves_no_run(tmp_path: Path, capsys) -> None:
-    from service.cli import main
+    from dqe.service.cli import main
 
     paper = SMOKE.with_name("paper.yaml")
     rc = main(["train", "--config", str(paper), "--out", str(tmp_path / "run")])

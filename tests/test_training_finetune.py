@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from models.phantom import make_phantom, write_case  # noqa: E402
-from training.finetune import (  # noqa: E402
+from dqe.models.phantom import make_phantom, write_case  # noqa: E402
+from dqe.training.finetune import (  # noqa: E402
     FinetuneCase,
     FinetuneOptions,
     build_table,
@@ -152,7 +152,7 @@ def test_failure_table_fixed_good_stars(exams: list[FinetuneCase], tmp_path: Pat
 
 
 def test_verdict() -> None:
-    from training.finetune import verdict
+    from dqe.training.finetune import verdict
 
     base = {"n": 4, "mae_m": 1.0, "r_m": 0.2, "auc": 0.6, "good": 4.5, "fail": 4.0}
     better = {**base, "mae_m": 0.8, "r_m": 0.4, "auc": 0.8, "fail": 3.0}
@@ -166,7 +166,7 @@ def test_verdict() -> None:
 
 def test_failure_table_teacher_matches_engine(exams: list[FinetuneCase], tmp_path: Path, engine) -> None:
     """Good segmentations keep the released model's own per-view stars (torch), equal to the engine's."""
-    from service.case import Case
+    from dqe.models.case import Case
 
     opts = FinetuneOptions(mode="failure", failure_modes=("shift",))
     ratings, _ = build_table(exams[:1], opts, tmp_path)
@@ -196,7 +196,7 @@ def test_read_cases(exams: list[FinetuneCase], tmp_path: Path) -> None:
     ).to_csv(table, index=False)
     (got,) = read_cases(table)
     assert got == ex
-    from models.errors import InvalidInput
+    from dqe.models.errors import InvalidInput
 
     pd.DataFrame([{"exam_id": "x"}]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(InvalidInput):
@@ -208,7 +208,7 @@ def test_dqe_finetune_from_released_weights(exams: list[FinetuneCase], tmp_path:
     """``dqe finetune`` (metric surrogate, 2 epochs): starts from the released weights, reports before/after."""
     import pandas as pd
 
-    from service.cli import main
+    from dqe.service.cli import main
 
     rows = [
         {
@@ -252,8 +252,8 @@ def test_dqe_finetune_from_released_weights(exams: list[FinetuneCase], tmp_path:
         and record["finetune"]["mode"] == "metric"
     )
     # the released weights are the starting point: the frozen blocks did not move, the head did
-    from models.network import load_state_dict
-    from training.model import released_weights
+    from dqe.models.network import load_state_dict
+    from dqe.training.model import released_weights
 
     start, end = load_state_dict(released_weights()), torch.load(run / "model.pth", weights_only=True)
     torch.testing.assert_close(end["features.conv0.weight"], start["features.conv0.weight"], rtol=0, atol=0)

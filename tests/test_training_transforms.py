@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("torchio")
 
-from models.phantom import make_phantom  # noqa: E402
-from models.preprocess import build_views  # noqa: E402
-from training.transforms import TRANSFORMS, Pipeline, build_pipeline, build_transform  # noqa: E402
+from dqe.models.phantom import make_phantom  # noqa: E402
+from dqe.models.preprocess import build_views  # noqa: E402
+from dqe.training.transforms import TRANSFORMS, Pipeline, build_pipeline, build_transform  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "training" / "configs"
 N_IMAGE = 4

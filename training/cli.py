@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.commands.common import EXIT_INVALID, error_payload, print_json
+from dqe.service.commands.common import EXIT_INVALID, error_payload, print_json
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -130,23 +130,23 @@ def _publish(run_dir: Path, model_id: str, force: bool, extra_cases: list[Path] 
     """Export a run; torch.onnx prints its progress on stdout, which must stay clean JSON: send it to stderr."""
     import contextlib
 
-    from training.publish import publish_run
+    from dqe.training.publish import publish_run
 
     with contextlib.redirect_stdout(sys.stderr):
         return publish_run(run_dir, model_id, force=force, extra_cases=extra_cases or [])
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from models.errors import DQEError
-    from training.config import load_config, replace
-    from training.trainer import RunError, train
+    from dqe.models.errors import DQEError
+    from dqe.training.config import load_config, replace
+    from dqe.training.trainer import RunError, train
 
     try:
         if args.config is None and not args.resume:
             raise RunError("--config is required for a new run")
         cfg = load_config(args.config, args.overrides) if args.config else None
         if cfg is None and args.overrides:
-            from training.trainer import resolve_run_config
+            from dqe.training.trainer import resolve_run_config
 
             cfg = replace(resolve_run_config(None, args.out, True), args.overrides)
         summary = train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
@@ -164,15 +164,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from models.errors import DQEError, InvalidInput
-    from training.evaluate import evaluate_ratings, format_metrics
+    from dqe.models.errors import DQEError, InvalidInput
+    from dqe.training.evaluate import evaluate_ratings, format_metrics
 
     try:
         if args.model:
             if args.ratings is None:
                 raise InvalidInput("--ratings is required with --model", field="ratings")
-            from service.engine import Engine, EngineConfig
-            from training.data import read_ratings
+            from dqe.service.engine import Engine, EngineConfig
+            from dqe.training.data import read_ratings
 
             engine = Engine(EngineConfig(model_id=args.model))
             df = read_ratings(args.ratings, views=engine.contract.views)
@@ -190,12 +190,12 @@ def _evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from models.contract import PreprocessingContract
-    from models.network import load_network
-    from training.data import read_ratings
-    from training.evaluate import evaluate_ratings
-    from training.model import resolve_device
-    from training.publish import run_weights
+    from dqe.models.contract import PreprocessingContract
+    from dqe.models.network import load_network
+    from dqe.training.data import read_ratings
+    from dqe.training.evaluate import evaluate_ratings
+    from dqe.training.model import resolve_device
+    from dqe.training.publish import run_weights
 
     run_dir: Path = args.run
     record = json.loads((run_dir / "run.json").read_text())
@@ -224,9 +224,9 @@ def _evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from models.errors import DQEError
-    from training.config import load_config
-    from training.finetune import FinetuneOptions, finetune, read_cases
+    from dqe.models.errors import DQEError
+    from dqe.training.config import load_config
+    from dqe.training.finetune import FinetuneOptions, finetune, read_cases
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -255,7 +255,7 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from models.errors import DQEError
+    from dqe.models.errors import DQEError
 
     try:
         art = _publish(args.run, args.model_id, force=args.force, extra_cases=args.parity_case)

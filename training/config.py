@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.contract import CONTRACT_V1, PreprocessingContract
+from dqe.models.contract import CONTRACT_V1, PreprocessingContract
 
 LABEL_ENCODINGS = ("brats", "wt", "tissue")
 NORMALIZATIONS = ("percentile", "minmax")
@@ -65,7 +65,7 @@ class ContractConfig:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """A generated ratings table of phantom exams (for smoke runs and tests); see :mod:`training.synthetic`."""
+    """A generated ratings table of phantom exams (for smoke runs and tests); see :mod:`dqe.training.synthetic`."""
 
     exams: int = 6
     grid: tuple[int, int, int] = (64, 64, 48)
@@ -78,7 +78,7 @@ class DataConfig:
     """Where the ratings come from and how they become targets.
 
     Attributes:
-        ratings: CSV or Parquet table (columns in :data:`training.data.COLUMNS`); relative paths inside it
+        ratings: CSV or Parquet table (columns in :data:`dqe.training.data.COLUMNS`); relative paths inside it
             are resolved against the table's folder. Ignored when ``synthetic`` is set.
         synthetic: generate a phantom ratings table in the run directory instead.
         targets: ``rater`` (one sample per individual rating, as the released model was trained) or ``mean``
@@ -98,7 +98,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The augmentation pipeline: a list of ``{name, p, ...}`` (see :data:`training.transforms.TRANSFORMS`)."""
+    """The augmentation pipeline: a list of ``{name, p, ...}`` (see :data:`dqe.training.transforms.TRANSFORMS`)."""
 
     enabled: bool = True
     transforms: tuple[dict[str, Any], ...] = ()
@@ -337,7 +337,7 @@ def build_contract(cfg: ContractConfig) -> PreprocessingContract:
         if "label_encoding" not in PreprocessingContract.__dataclass_fields__:
             raise ValueError(
                 "contract.labels 'tissue' (one channel coding necrosis/edema/enhancing as distinct values) needs "
-                "a label_encoding field in models.contract.PreprocessingContract, which this version lacks; use "
+                "a label_encoding field in dqe.models.contract.PreprocessingContract, which this version lacks; use "
                 "'wt' for a single binary whole-tumour channel or 'brats' for TC/WT/ET"
             )
         data["label_channels"] = ["tissue"]

@@ -11,8 +11,8 @@ A ratings table (CSV or Parquet) has one row per rating:
 ``stars``             the rating, 1 (very bad) to 6 (very good); fractions allowed
 ====================  ===========================================================================
 
-Each distinct (images, segmentation) pair is a *segmentation*; it is loaded with :class:`service.case.Case`
-(the serving validation) and turned into views by :func:`models.preprocess.build_views` with the run's
+Each distinct (images, segmentation) pair is a *segmentation*; it is loaded with :class:`dqe.models.case.Case`
+(the serving validation) and turned into views by :func:`dqe.models.preprocess.build_views` with the run's
 contract, so training sees exactly what the engine will see.
 """
 
@@ -29,9 +29,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models.contract import PreprocessingContract
-from models.errors import InvalidInput, NotFound
-from models.registry import sha256_file
+from dqe.models.contract import PreprocessingContract
+from dqe.models.errors import InvalidInput, NotFound
+from dqe.models.registry import sha256_file
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -237,9 +237,9 @@ def build_view_bank(
     Raises:
         DQEError: a case is invalid (unless ``skip_invalid``, which records it in ``skipped`` instead).
     """
-    from models.errors import DQEError
-    from models.preprocess import build_views
-    from service.case import Case
+    from dqe.models.case import Case
+    from dqe.models.errors import DQEError
+    from dqe.models.preprocess import build_views
 
     cache = Path(cache_dir) if cache_dir else None
     if cache:

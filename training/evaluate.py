@@ -182,13 +182,13 @@ def evaluate_ratings(
     """Score every segmentation of a validated ratings table and write the report into ``out_dir``.
 
     Args:
-        df: ratings (see :func:`training.data.validate_ratings`).
+        df: ratings (see :func:`dqe.training.data.validate_ratings`).
         contract: the model's preprocessing contract (views are built with it).
         predict_views: ``(N, C, H, W) float32 -> (N,) stars``, e.g. ``Engine.run`` or a torch model.
     """
     import pandas as pd
 
-    from training.data import build_view_bank, expand_views, rated_views
+    from dqe.training.data import build_view_bank, expand_views, rated_views
 
     bank = build_view_bank(df, contract, cache_dir=cache_dir, skip_invalid=True)
     df = df[~df["seg_key"].isin(set(bank.skipped))]

@@ -7,14 +7,14 @@
     segmentation (see :func:`metric_score`).
 
 ``failure`` (failure-aware)
-    failures made from the reference by :func:`service.qc.failures.generate_failure` are rated
+    failures made from the reference by :func:`dqe.models.qc.failures.generate_failure` are rated
     ``failure_stars`` (low) in every view; the good segmentations keep what the released model says about
     them (``good_stars: teacher``, per view) or a fixed value, so the model learns to push failures down
     without forgetting what it knew.
 
 Both write an ordinary ratings table (``exam_id, t1c, t1, t2, flair, segmentation, view, rater, stars``)
 plus ``candidates.csv`` (what every candidate is and its metrics), so fine-tuning is then a normal
-:func:`training.trainer.train` run starting from ``model.init: released``.
+:func:`dqe.training.trainer.train` run starting from ``model.init: released``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class FinetuneOptions:
 
     Attributes:
         mode: ``metric`` or ``failure`` (see the module docstring).
-        failure_modes: modes of :data:`service.qc.failures.FAILURE_MODES` to generate (``()`` = all that apply
+        failure_modes: modes of :data:`dqe.models.qc.failures.FAILURE_MODES` to generate (``()`` = all that apply
             to the reference, except ``empty``, which a case cannot even be built from).
         seeds_per_mode: failures per mode and exam.
         tolerance_mm: surface Dice tolerance.
@@ -196,7 +196,7 @@ def read_cases(path: str | Path) -> list[FinetuneCase]:
     """
     import pandas as pd
 
-    from models.errors import InvalidInput, NotFound
+    from dqe.models.errors import InvalidInput, NotFound
 
     path = Path(path)
     if not path.is_file():
@@ -251,19 +251,19 @@ def make_candidates(case: FinetuneCase, options: FinetuneOptions, out_dir: Path)
     """The candidates of one exam with their metrics against the reference; failures are written as NIfTI
     under ``out_dir/<exam_id>/``. Each entry: ``exam_id, segmentation, kind (reference|candidate|failure),
     failure_mode, seed`` + the metric columns."""
-    from service.case import Case
-    from service.qc.failures import FAILURE_MODES, applicable_modes, generate_failure
+    from dqe.models.case import Case
+    from dqe.models.qc.failures import FAILURE_MODES, applicable_modes, generate_failure
 
     ref_case = Case.from_files(**case.images, segmentation=case.reference, case_id=case.exam_id)  # type: ignore[arg-type]
     ref = ref_case.labels
     spacing = _spacing(ref_case.segmentation.affine)
     brain = None
     if case.brain_mask is not None:
-        from service.nifti import load_nifti
+        from dqe.models.nifti import load_nifti
 
         brain = load_nifti(case.brain_mask, "brain_mask").values() > 0
     else:
-        from service.qc.brain import brain_mask_full
+        from dqe.models.qc.brain import brain_mask_full
 
         brain = brain_mask_full(ref_case.images)
     entries: list[dict[str, Any]] = []
@@ -313,11 +313,11 @@ def teacher_stars(
     """The released model's per-view stars for each segmentation in ``rows`` (torch, reference contract)."""
     import torch
 
-    from models.contract import CONTRACT_V1
-    from models.network import load_network
-    from models.preprocess import build_views
-    from service.case import Case
-    from training.model import released_weights
+    from dqe.models.case import Case
+    from dqe.models.contract import CONTRACT_V1
+    from dqe.models.network import load_network
+    from dqe.models.preprocess import build_views
+    from dqe.training.model import released_weights
 
     net = load_network(released_weights())
     out: dict[str, list[float]] = {}
@@ -412,7 +412,7 @@ def heldout_criteria(
 ) -> pd.DataFrame:
     """Per held-out segmentation: its 3-view mean stars (``pred``) joined with its candidate row (kind,
     failure mode, metric stars). ``preds`` is a run's ``eval*/predictions.csv``."""
-    from training.data import read_ratings
+    from dqe.training.data import read_ratings
 
     segs = read_ratings(ratings_table).drop_duplicates("seg_key").set_index("seg_key")["segmentation"]
     mean = preds.groupby("seg_key")["pred"].mean()
@@ -428,7 +428,7 @@ def summarize_heldout(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, An
     algorithm) vs generated failure; ``good`` / ``fail``: mean stars; ``drift``: mean |after - before| of
     the good segmentations.
     """
-    from training.evaluate import pearson
+    from dqe.training.evaluate import pearson
 
     out: dict[str, Any] = {}
     for tag, frame in (("before", before), ("after", after)):
@@ -498,7 +498,7 @@ def finetune(
 
     import pandas as pd
 
-    from training.trainer import RunError, train
+    from dqe.training.trainer import RunError, train
 
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():

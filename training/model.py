@@ -1,4 +1,4 @@
-"""The network for training: MONAI DenseNet from :mod:`models.network`, optional released weights, an
+"""The network for training: MONAI DenseNet from :mod:`dqe.models.network`, optional released weights, an
 optional frozen prefix, and the optimisers of the paper (Ranger21, AdamW, SGD with momentum)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.network import build_network, load_state_dict
-from training.config import ModelConfig, OptimConfig
+from dqe.models.network import build_network, load_state_dict
+from dqe.training.config import ModelConfig, OptimConfig
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ RELEASED = "released"
 
 def released_weights() -> Path:
     """The checksum-verified weights file of the published default model."""
-    from models.registry import DEFAULT_MODEL_ID, get_entry, locate_weights
+    from dqe.models.registry import DEFAULT_MODEL_ID, get_entry, locate_weights
 
     return locate_weights(get_entry(DEFAULT_MODEL_ID))
 
@@ -56,7 +56,7 @@ class SplitNetwork(nn.Module):
     ``features`` before ``freeze_until``; ``suffix`` is the rest plus ``class_layers``.
 
     The wrapped network keeps its parameters and state-dict keys, so checkpoints load into a plain
-    :func:`models.network.build_network` model and export unchanged.
+    :func:`dqe.models.network.build_network` model and export unchanged.
     """
 
     def __init__(self, net: nn.Module, freeze_until: str | None = None, bn_eval: bool = False) -> None:

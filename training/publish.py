@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.registry import WeightsEntry, register, sha256_file
-from training.trainer import CHECKPOINT, WEIGHTS, RunError
+from dqe.models.registry import WeightsEntry, register, sha256_file
+from dqe.training.trainer import CHECKPOINT, WEIGHTS, RunError
 
 if TYPE_CHECKING:
-    from models.artifacts import ModelArtifacts
+    from dqe.models.artifacts import ModelArtifacts
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ def publish_run(
         ParityError: ONNX Runtime does not reproduce torch; nothing is published.
         ValueError: ``model_id`` is not a plain name.
     """
-    from models.contract import PreprocessingContract
-    from models.export import export_model
+    from dqe.models.contract import PreprocessingContract
+    from dqe.models.export import export_model
 
     run_dir = Path(run_dir)
     weights = run_weights(run_dir)

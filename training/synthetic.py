@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import ndimage
 
-from models.phantom import SHAPES, make_phantom, write_case
+from dqe.models.phantom import SHAPES, make_phantom, write_case
 
 if TYPE_CHECKING:
     import pandas as pd

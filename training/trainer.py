@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from models.contract import PreprocessingContract
-from training.config import TrainConfig, build_contract, from_dict, save_config
-from training.data import (
+from dqe.models.contract import PreprocessingContract
+from dqe.training.config import TrainConfig, build_contract, from_dict, save_config
+from dqe.training.data import (
     ViewBank,
     build_view_bank,
     data_hash,
@@ -46,10 +46,10 @@ from training.data import (
     read_ratings,
     split_exams,
 )
-from training.evaluate import format_metrics, regression_metrics, summarize, write_report
-from training.model import SplitNetwork, build_model, build_optimizer, init_path, resolve_device
-from training.provenance import now, provenance, seed_everything
-from training.transforms import Pipeline, build_pipeline
+from dqe.training.evaluate import format_metrics, regression_metrics, summarize, write_report
+from dqe.training.model import SplitNetwork, build_model, build_optimizer, init_path, resolve_device
+from dqe.training.provenance import now, provenance, seed_everything
+from dqe.training.transforms import Pipeline, build_pipeline
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -95,7 +95,7 @@ class RunData:
 def ratings_path(cfg: TrainConfig, run_dir: Path) -> Path:
     """The ratings table of a run, generating the synthetic one on first use."""
     if cfg.data.synthetic is not None:
-        from training.synthetic import synthetic_ratings
+        from dqe.training.synthetic import synthetic_ratings
 
         folder = run_dir / "data"
         table = folder / "ratings.csv"
@@ -112,7 +112,7 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, progress: bool = False) -> Run
     """Read, split and preprocess the ratings table of ``cfg``.
 
     Raises:
-        NotFound / InvalidInput: the table or its files (see :func:`training.data.read_ratings`).
+        NotFound / InvalidInput: the table or its files (see :func:`dqe.training.data.read_ratings`).
     """
     contract = build_contract(cfg.contract)
     table_path = ratings_path(cfg, run_dir)
@@ -188,7 +188,7 @@ def weights_digest(cfg: TrainConfig) -> str | None:
     path = init_path(cfg.model.init)
     if path is None or cfg.model.freeze_until is None:
         return None
-    from models.registry import sha256_file
+    from dqe.models.registry import sha256_file
 
     text = json.dumps(
         [sha256_file(path), cfg.model.architecture, cfg.model.freeze_until, cfg.contract.labels],

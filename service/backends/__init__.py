@@ -1,7 +1,7 @@
 """Inference backends and the choice between them.
 
 A backend runs ``(N, C, H, W)`` float32 views and returns ``(N,)`` float32 stars. Which one runs is decided
-by :func:`plan_backend` from the configuration and the hardware (:mod:`service.hardware`):
+by :func:`plan_backend` from the configuration and the hardware (:mod:`dqe.service.hardware`):
 
 =========  ==================  =================================================================
 precision  backend             where
@@ -13,7 +13,7 @@ fp16       onnxruntime         NVIDIA GPUs: TensorRT (fp16 engines, cached on di
 =========  ==================  =================================================================
 
 ``precision="auto"`` picks the fastest row the machine supports (fp16 > bf16 > fp32). Anything the machine
-cannot run raises :class:`models.errors.UnsupportedMode`; nothing falls back silently.
+cannot run raises :class:`dqe.models.errors.UnsupportedMode`; nothing falls back silently.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from models.errors import UnsupportedMode
+from dqe.models.errors import UnsupportedMode
 
 if TYPE_CHECKING:
-    from models.artifacts import ModelArtifacts
-    from service.engine import EngineConfig
-    from service.hardware import Hardware
+    from dqe.models.artifacts import ModelArtifacts
+    from dqe.service.engine import EngineConfig
+    from dqe.service.hardware import Hardware
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 BACKENDS = ("onnxruntime", "openvino")
@@ -238,7 +238,7 @@ def make_backend(artifacts: ModelArtifacts, config: EngineConfig, hw: Hardware |
         UnsupportedMode: see :func:`plan_backend`; also when a GPU provider is compiled in but the session
             could not actually use it (no device or driver).
     """
-    from service.hardware import detect
+    from dqe.service.hardware import detect
 
     if hw is None:
         # ONNX Runtime fp32 never consults OpenVINO: skip importing it on the default path.
@@ -246,13 +246,13 @@ def make_backend(artifacts: ModelArtifacts, config: EngineConfig, hw: Hardware |
         hw = detect(probe_openvino=needs_openvino)
     plan = plan_backend(config, hw)
     if plan.backend == "openvino":
-        from service.backends.openvino import OpenVinoBackend
+        from dqe.service.backends.openvino import OpenVinoBackend
 
         return OpenVinoBackend(artifacts, config, plan)
     if plan.on_gpu:
-        from service.backends.ort import OrtDeviceBackend
+        from dqe.service.backends.ort import OrtDeviceBackend
 
         return OrtDeviceBackend(artifacts, config, plan)
-    from service.backends.ort import OrtBackend
+    from dqe.service.backends.ort import OrtBackend
 
     return OrtBackend(artifacts, config, plan)

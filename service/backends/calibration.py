@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import DQEError
+from dqe.models.errors import DQEError
 
 if TYPE_CHECKING:
-    from service.engine import Engine, EngineConfig
+    from dqe.service.engine import Engine, EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def discover_cases(root: str | Path) -> list[RealCase]:
     ``segmentation``/``fusion``/``outputs``/... beside it or beside its parent (BraTS Toolkit and BraTS
     output layouts). Folders that are not image sets (brain masks, atlases) are skipped.
     """
-    from service.case import classify_filename, discover_files
+    from dqe.models.case import classify_filename, discover_files
 
     root = Path(root)
     cases: list[RealCase] = []
@@ -86,7 +86,7 @@ def discover_cases(root: str | Path) -> list[RealCase]:
 
 def preprocessed_views(engine: Engine, cases: Sequence[RealCase]) -> np.ndarray:
     """``(n_cases, 3, C, H, W)`` float32 views of ``cases`` (decoded and preprocessed once)."""
-    from service.case import Case
+    from dqe.models.case import Case
 
     out = []
     for case in cases:
@@ -115,7 +115,7 @@ def error_stats(stars: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
 
 def available_modes() -> list[str]:
     """The non-reference modes this machine runs: ``fp32-openvino``, ``bf16``, ``fp16`` as supported."""
-    from service.hardware import detect
+    from dqe.service.hardware import detect
 
     hw = detect()
     modes = []
@@ -142,11 +142,11 @@ def calibrate(
         UnsupportedMode: a mode this machine cannot run.
         InvalidInput: no cases.
     """
-    from models.errors import InvalidInput
-    from models.registry import DEFAULT_MODEL_ID
-    from service.backends import mode_config
-    from service.engine import Engine, EngineConfig
-    from service.hardware import detect
+    from dqe.models.errors import InvalidInput
+    from dqe.models.registry import DEFAULT_MODEL_ID
+    from dqe.service.backends import mode_config
+    from dqe.service.engine import Engine, EngineConfig
+    from dqe.service.hardware import detect
 
     if not cases:
         raise InvalidInput("no real cases to calibrate on", field="cases")
@@ -217,11 +217,11 @@ def write_precision_errors(directory: str | Path, entries: dict[str, dict[str, A
     """Merge ``entries`` into ``card.json``'s ``precision_errors`` by an atomic rewrite; returns the card.
 
     Raises:
-        models.errors.IntegrityError: ``model.onnx`` does not match the card's ``onnx_sha256`` (nothing is
+        dqe.models.errors.IntegrityError: ``model.onnx`` does not match the card's ``onnx_sha256`` (nothing is
             written).
         ModelNotReady: the directory is not a published model.
     """
-    from models.artifacts import CARD_NAME, ModelArtifacts
+    from dqe.models.artifacts import CARD_NAME, ModelArtifacts
 
     directory = Path(directory)
     with _locked(directory):

@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import UnsupportedMode
-from service.backends import Plan
+from dqe.models.errors import UnsupportedMode
+from dqe.service.backends import Plan
 
 if TYPE_CHECKING:
-    from models.artifacts import ModelArtifacts
-    from service.engine import EngineConfig
+    from dqe.models.artifacts import ModelArtifacts
+    from dqe.service.engine import EngineConfig
 
 logger = logging.getLogger(__name__)
 

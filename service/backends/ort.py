@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import UnsupportedMode
-from service.backends import GPU_PROVIDERS, Plan
+from dqe.models.errors import UnsupportedMode
+from dqe.service.backends import GPU_PROVIDERS, Plan
 
 if TYPE_CHECKING:
-    from models.artifacts import ModelArtifacts
-    from service.engine import EngineConfig
+    from dqe.models.artifacts import ModelArtifacts
+    from dqe.service.engine import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class OrtDeviceBackend:
     Args:
         artifacts: the published model.
         config: ``device_id``, ``trt_cache_dir``, ``static_batch_sizes``, ``cuda_graph``, threads.
-        plan: from :func:`service.backends.plan_backend`; its providers decide CUDA, TensorRT or CPU.
+        plan: from :func:`dqe.service.backends.plan_backend`; its providers decide CUDA, TensorRT or CPU.
         device: ``"cuda"`` or ``"cpu"``; default: ``"cuda"`` when the plan has a GPU provider.
 
     Raises:

@@ -18,7 +18,7 @@ Edge cases, defined here rather than left to library warnings:
 * both masks empty (e.g. no enhancing tumour in either): Dice = 1, NSD = 1, HD95 = NaN (no surface to
   measure; excluded from means and correlations);
 * exactly one mask empty: Dice = 0, NSD = 0, HD95 = NaN (undefined; MONAI would return inf/NaN);
-* the ground truth's grid differs from the segmentation's: :class:`~models.errors.InvalidInput`.
+* the ground truth's grid differs from the segmentation's: :class:`~dqe.models.errors.InvalidInput`.
 
 Both volumes are cropped to the bounding box of their union plus a two-voxel margin before the library
 calls: every metric here is invariant to that crop and it makes them ~10x faster on a BraTS grid.
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from models.errors import InvalidInput
+from dqe.models.errors import InvalidInput
 
 REGIONS = ("WT", "TC", "ET")
 DEFAULT_REGION_LABELS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4), "ET": (3, 4)}

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.preprocess import take_slice
+from dqe.models.preprocess import take_slice
 
 LABEL_COLOURS: dict[int, tuple[int, int, int]] = {
     1: (255, 0, 0),  # necrosis: red
@@ -85,7 +85,7 @@ def render_mosaic(
 ) -> bytes:
     """PNG bytes of the views x (images + overlays) grid through ``com`` (voxel indices x, y, z).
 
-    ``images`` are sliceable volumes (:class:`service.nifti.Volume` or arrays) in ``image_names`` order;
+    ``images`` are sliceable volumes (:class:`dqe.models.nifti.Volume` or arrays) in ``image_names`` order;
     the overlays are drawn over the last one (FLAIR). The PNG is palette-coded (:data:`PALETTE`).
     """
     from PIL import Image, ImageDraw

@@ -1,12 +1,12 @@
 """The local engine: three overlapped stages with bounded memory.
 
-1. A producer thread walks the cases in order and hands each to :func:`~service.batch.prepare.prepare_case`
+1. A producer thread walks the cases in order and hands each to :func:`~dqe.service.batch.prepare.prepare_case`
    (image decoding, validation, preprocessing, metrics and mosaics in a worker pool of ``workers`` threads),
    so case i+1 is decoded while case i runs through the network.
 2. The calling thread takes prepared cases in order and runs all views of a case in one engine call
-   (:func:`~service.batch.scoring.infer_case`).
+   (:func:`~dqe.service.batch.scoring.infer_case`).
 3. A finisher thread adds the gate verdicts (in the worker pool) and builds the records
-   (:func:`~service.batch.scoring.finish_case`) while the next case is inferred.
+   (:func:`~dqe.service.batch.scoring.finish_case`) while the next case is inferred.
 
 Prepared cases wait in a queue of at most ``prefetch`` items, so at most ``prefetch + 3`` cases are in memory
 (one being prepared, ``prefetch`` waiting, one in inference, one being finished). Records are yielded case by
@@ -23,12 +23,12 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from service.batch.dataset import CaseSpec
-from service.batch.prepare import PrepareOptions, prepare_case
-from service.batch.scoring import GateFn, finish_case, infer_case
+from dqe.service.batch.dataset import CaseSpec
+from dqe.service.batch.prepare import PrepareOptions, prepare_case
+from dqe.service.batch.scoring import GateFn, finish_case, infer_case
 
 if TYPE_CHECKING:
-    from service.engine import Engine
+    from dqe.service.engine import Engine
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Stage 1 of the pipeline: decode a case once and turn each team's segmentation into network views.
 
 Runs off the inference thread (a producer thread with a worker pool locally, inside the actor on Ray): the
-case's four images are decoded once, in parallel, and every team's :class:`~service.case.Case` reuses them
+case's four images are decoded once, in parallel, and every team's :class:`~dqe.models.case.Case` reuses them
 (``Case.from_files(..., images=...)``). Per segmentation it also computes the reference metrics (when ground
 truth exists) and the report mosaic. Failures are captured per segmentation, never raised.
 """
@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import DQEError, EmptySegmentation
-from service.batch.dataset import CaseSpec, SegJob
-from service.case import MODALITIES, Case
-from service.nifti import Volume, load_nifti
+from dqe.models.case import MODALITIES, Case
+from dqe.models.errors import DQEError, EmptySegmentation
+from dqe.models.nifti import Volume, load_nifti
+from dqe.service.batch.dataset import CaseSpec, SegJob
 
 if TYPE_CHECKING:
-    from service.engine import Engine
+    from dqe.service.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def prepare_seg(
         if reference is not None:
             out.metrics = _metrics(case, reference, options, out.warnings)
         if options.mosaic:
-            from service.batch.mosaic import render_mosaic
+            from dqe.service.batch.mosaic import render_mosaic
 
             out.png = render_mosaic(case.images, case.labels, out.com, engine.contract.views, reference)
         if options.keep_case:
@@ -133,7 +133,7 @@ def prepare_seg(
 def _metrics(
     case: Case, reference: np.ndarray, options: PrepareOptions, warnings: list[str]
 ) -> dict[str, float] | None:
-    from service.batch.metrics import segmentation_metrics
+    from dqe.service.batch.metrics import segmentation_metrics
 
     try:
         return segmentation_metrics(

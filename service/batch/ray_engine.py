@@ -2,9 +2,9 @@
 
 ``ray.data.from_items(cases).map_batches(ScorerActor, compute=ActorPoolStrategy(size=N), num_gpus=1 if GPUs
 else 0)`` (a fixed pool of N actors; older Ray spelled it ``concurrency=N``): each
-actor holds one :class:`~service.engine.Engine` (one ONNX Runtime session, on the actor's GPU when the
+actor holds one :class:`~dqe.service.engine.Engine` (one ONNX Runtime session, on the actor's GPU when the
 cluster has GPUs and ``onnxruntime-gpu`` is installed) and runs exactly the local pipeline's functions
-(:func:`~service.batch.prepare.prepare_case` then :func:`~service.batch.scoring.score_prepared`) on one
+(:func:`~dqe.service.batch.prepare.prepare_case` then :func:`~dqe.service.batch.scoring.score_prepared`) on one
 case per call, so the stars are the same numbers as with ``--engine local``. Records stream back to the
 driver, which journals them as they arrive (crash safety and resumption are the driver's, as locally).
 
@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.batch.dataset import CaseSpec
-from service.batch.prepare import PrepareOptions, prepare_case
-from service.batch.scoring import load_gate, score_prepared
+from dqe.service.batch.dataset import CaseSpec
+from dqe.service.batch.prepare import PrepareOptions, prepare_case
+from dqe.service.batch.scoring import load_gate, score_prepared
 
 if TYPE_CHECKING:
-    from service.engine import EngineConfig
+    from dqe.service.engine import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ScorerActor:
     """A Ray Data actor: one engine, one worker pool; ``__call__`` scores a batch of cases.
 
     Args:
-        engine_config: the :class:`~service.engine.EngineConfig` to build (pickled to the actor).
+        engine_config: the :class:`~dqe.service.engine.EngineConfig` to build (pickled to the actor).
         options: :class:`PrepareOptions` fields as a dict.
         gate: use the QC gate when it is installed on the worker.
         workers: decoding threads inside the actor.
@@ -67,7 +67,7 @@ class ScorerActor:
     ) -> None:
         for key, value in (env or {}).items():
             os.environ.setdefault(key, value)
-        from service.engine import Engine
+        from dqe.service.engine import Engine
 
         self.engine = Engine(engine_config)
         self.options = PrepareOptions(**options)

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from service.batch.writer import atomic_write_bytes
+from dqe.service.batch.writer import atomic_write_bytes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -154,7 +154,7 @@ def _card(r: Any, rank: int, png_dir: Path) -> str:
 
 
 def _plots(df: pd.DataFrame, png_dir: Path) -> list[str]:
-    from service.batch import figures
+    from dqe.service.batch import figures
 
     out = []
     specs: list[tuple[str, str, Any]] = [

@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from service.batch.dataset import CaseSpec, Dataset, discover_dataset
-from service.batch.journal import Journal
-from service.batch.prepare import PrepareOptions
-from service.batch.writer import atomic_write_bytes, safe_name
+from dqe.service.batch.dataset import CaseSpec, Dataset, discover_dataset
+from dqe.service.batch.journal import Journal
+from dqe.service.batch.prepare import PrepareOptions
+from dqe.service.batch.writer import atomic_write_bytes, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class BatchOptions:
 
     Attributes:
         engine: ``local`` (threads on this machine) or ``ray`` (Ray Data actors).
-        gate: add QC gate verdicts when ``service.qc.gate`` is installed.
+        gate: add QC gate verdicts when ``dqe.models.qc.gate`` is installed.
         workers: decoding/preparation threads (per actor with Ray).
         prefetch: prepared cases waiting for inference (local engine; bounds memory).
         ray_concurrency: Ray actors (each one engine; one GPU each when the cluster has GPUs).
@@ -126,9 +126,9 @@ def run_batch(
     """Score every case x team of a dataset into ``out_dir`` (resumable; see the module docstring).
 
     Args:
-        cases_dir, submission_dirs, labels_dir: see :func:`service.batch.dataset.discover_dataset`.
+        cases_dir, submission_dirs, labels_dir: see :func:`dqe.service.batch.dataset.discover_dataset`.
         out_dir: output folder (created).
-        engine_config: :class:`service.engine.EngineConfig` (default: the reference model, fp32).
+        engine_config: :class:`dqe.service.engine.EngineConfig` (default: the reference model, fp32).
         options: :class:`BatchOptions`.
 
     Raises:
@@ -136,9 +136,9 @@ def run_batch(
             recorded in the ``error`` column instead).
         ModelNotReady, IntegrityError, UnsupportedMode: the model cannot be loaded as configured.
     """
-    from models.artifacts import ensure_model
-    from service.batch.scoring import load_gate
-    from service.engine import EngineConfig
+    from dqe.models.artifacts import ensure_model
+    from dqe.service.batch.scoring import load_gate
+    from dqe.service.engine import EngineConfig
 
     t0 = time.perf_counter()
     opts = options or BatchOptions()
@@ -188,7 +188,7 @@ def _engine_stream(
     if not specs:
         return iter(())
     if opts.engine == "ray":
-        from service.batch.ray_engine import run_ray
+        from dqe.service.batch.ray_engine import run_ray
 
         return run_ray(
             specs,
@@ -201,11 +201,11 @@ def _engine_stream(
             address=opts.ray_address,
         )
     if opts.engine != "local":
-        from models.errors import InvalidInput
+        from dqe.models.errors import InvalidInput
 
         raise InvalidInput(f"engine {opts.engine!r} is not one of ['local', 'ray']", field="engine")
-    from service.batch.pipeline import run_local
-    from service.engine import Engine
+    from dqe.service.batch.pipeline import run_local
+    from dqe.service.engine import Engine
 
     engine = Engine(cfg)
     return run_local(specs, engine, prep, gate_fn, workers=opts.workers, prefetch=opts.prefetch, extra=extra)
@@ -220,9 +220,9 @@ def write_outputs(
     info_extra: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Rewrite ``scores.csv``/``.parquet``, ``summary.json`` and ``report.html`` from the journal."""
-    from service.batch.report import write_report
-    from service.batch.summary import build_summary, score_table
-    from service.batch.writer import write_json, write_table
+    from dqe.service.batch.report import write_report
+    from dqe.service.batch.summary import build_summary, score_table
+    from dqe.service.batch.writer import write_json, write_table
 
     records = [
         journal.records[(j.case_id, j.team)] for j in dataset.jobs if (j.case_id, j.team) in journal.records

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import DQEError
-from service.batch.prepare import PreparedCase, PreparedSeg, error_fields
+from dqe.models.errors import DQEError
+from dqe.service.batch.prepare import PreparedCase, PreparedSeg, error_fields
 
 if TYPE_CHECKING:
-    from service.engine import Engine, ScoreResult
+    from dqe.models.result import ScoreResult
+    from dqe.service.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +36,13 @@ MAX_VIEWS_PER_RUN = 48
 
 
 def load_gate() -> GateFn | None:
-    """``service.qc.gate.evaluate_case`` when that module exists, else ``None`` (no verdicts)."""
+    """``dqe.models.qc.gate.evaluate_case`` when that module exists, else ``None`` (no verdicts)."""
     try:
-        from service.qc.gate import evaluate_case
+        from dqe.models.qc.gate import evaluate_case
     except ModuleNotFoundError as exc:
-        if exc.name not in ("service.qc.gate", "service.qc"):
+        if exc.name not in ("dqe.models.qc.gate", "dqe.models.qc"):
             raise
-        logger.info("service.qc.gate is not installed: no gate verdicts")
+        logger.info("dqe.models.qc.gate is not installed: no gate verdicts")
         return None
     return evaluate_case  # type: ignore[no-any-return]
 

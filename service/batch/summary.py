@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.batch.metrics import metric_columns
-from service.batch.stats import correlations
+from dqe.models.stats import correlations
+from dqe.service.batch.metrics import metric_columns
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from service.commands.common import EXIT_INVALID, add_engine_args, engine_config, error_payload, print_json
+from dqe.service.commands.common import (
+    EXIT_INVALID,
+    add_engine_args,
+    engine_config,
+    error_payload,
+    print_json,
+)
 
 DESCRIPTION = """\
 Score a BraTS-style dataset: CASES_DIR holds one folder per case (four MR images, BraTS 2021/2023/Toolkit
@@ -63,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.errors import DQEError
-    from service.batch import BatchOptions, run_batch
+    from dqe.models.errors import DQEError
+    from dqe.service.batch import BatchOptions, run_batch
 
     options = BatchOptions(
         engine=args.engine,

@@ -9,8 +9,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.case import Case
-    from service.engine import EngineConfig
+    from dqe.models.case import Case
+    from dqe.service.engine import EngineConfig
 
 EXIT_INVALID = 2
 
@@ -52,8 +52,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    from models.registry import DEFAULT_MODEL_ID
-    from service.engine import EngineConfig
+    from dqe.models.registry import DEFAULT_MODEL_ID
+    from dqe.service.engine import EngineConfig
 
     return EngineConfig(
         model_id=args.model or DEFAULT_MODEL_ID,
@@ -77,8 +77,8 @@ def load_case(args: argparse.Namespace) -> Case:
     Raises:
         InvalidInput: neither a folder nor all five files were given.
     """
-    from models.errors import InvalidInput
-    from service.case import Case, discover_files
+    from dqe.models.case import Case, discover_files
+    from dqe.models.errors import InvalidInput
 
     files = case_files(args)
     if files is not None:
@@ -102,7 +102,7 @@ def print_json(data: Any) -> None:
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
-    from models.errors import DQEError
+    from dqe.models.errors import DQEError
 
     if isinstance(exc, DQEError):
         return {"error": {"code": exc.code, "kind": exc.kind, "field": exc.field, "message": exc.message}}

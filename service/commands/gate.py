@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from service.commands.common import (
+from dqe.service.commands.common import (
     EXIT_INVALID,
     add_case_args,
     add_engine_args,
@@ -19,7 +19,7 @@ from service.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from service.qc.config import GateConfig
+    from dqe.models.qc.config import GateConfig
 
 EXIT_PASS, EXIT_FAIL, EXIT_REVIEW = 0, 1, 3
 
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> GateConfig:
-    from service.qc.config import GateConfig
+    from dqe.models.qc.config import GateConfig
 
     if args.star_threshold is None:
         return GateConfig()
@@ -68,13 +68,13 @@ def _config(args: argparse.Namespace) -> GateConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.errors import DQEError, EmptySegmentation
-    from service.qc.gate import EXIT_CODES, empty_segmentation_result, evaluate_case
+    from dqe.models.errors import DQEError, EmptySegmentation
+    from dqe.models.qc.gate import EXIT_CODES, empty_segmentation_result, evaluate_case
 
     t0 = time.perf_counter()
     cfg = _config(args)
     try:
-        from service.engine import Engine
+        from dqe.service.engine import Engine
 
         engine = Engine(engine_config(args))
         t1 = time.perf_counter()
@@ -111,8 +111,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from models.errors import DQEError
-    from service.qc.evaluate import evaluate_list
+    from dqe.models.errors import DQEError
+    from dqe.service.gate_eval import evaluate_list
 
     try:
         summary = evaluate_list(

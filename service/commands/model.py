@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from service.commands.common import EXIT_INVALID, error_payload, print_json
+from dqe.service.commands.common import EXIT_INVALID, error_payload, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,14 +55,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from models.errors import DQEError
-    from models.registry import DEFAULT_MODEL_ID
+    from dqe.models.errors import DQEError
+    from dqe.models.registry import DEFAULT_MODEL_ID
 
     try:
         import contextlib
         import sys
 
-        from models.export import export_model
+        from dqe.models.export import export_model
 
         # torch.onnx prints progress on stdout; keep stdout for this command's JSON.
         with contextlib.redirect_stdout(sys.stderr):
@@ -75,9 +75,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from models.artifacts import ensure_model
-    from models.errors import DQEError
-    from models.registry import DEFAULT_MODEL_ID
+    from dqe.models.artifacts import ensure_model
+    from dqe.models.errors import DQEError
+    from dqe.models.registry import DEFAULT_MODEL_ID
 
     try:
         art = ensure_model(args.model or DEFAULT_MODEL_ID, build=False)
@@ -96,8 +96,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from models.artifacts import model_home
-    from models.registry import REGISTRY
+    from dqe.models.artifacts import model_home
+    from dqe.models.registry import REGISTRY
 
     home = model_home() / "models"
     published = sorted(p.name for p in home.iterdir() if (p / "card.json").is_file()) if home.is_dir() else []
@@ -106,10 +106,10 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from models.artifacts import ensure_model
-    from models.errors import DQEError, InvalidInput
-    from models.registry import DEFAULT_MODEL_ID
-    from service.backends.calibration import (
+    from dqe.models.artifacts import ensure_model
+    from dqe.models.errors import DQEError, InvalidInput
+    from dqe.models.registry import DEFAULT_MODEL_ID
+    from dqe.service.backends.calibration import (
         available_modes,
         calibrate,
         discover_cases,

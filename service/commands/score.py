@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from service.commands.common import (
+from dqe.service.commands.common import (
     EXIT_INVALID,
     add_case_args,
     add_engine_args,
@@ -55,15 +55,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.errors import DQEError
+    from dqe.models.errors import DQEError
 
     if args.server:
-        from service.client import score_command
+        from dqe.service.commands.remote import score_command
 
         return score_command(args)
     t0 = time.perf_counter()
     try:
-        from service.engine import Engine
+        from dqe.service.engine import Engine
 
         engine = Engine(engine_config(args))
         t1 = time.perf_counter()
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         t2 = time.perf_counter()
         result = engine.score_case(case)
         if args.gate:
-            from service.qc.gate import evaluate_case
+            from dqe.models.qc.gate import evaluate_case
 
             result.gate = evaluate_case(case, result)
         t3 = time.perf_counter()

@@ -1,6 +1,6 @@
 """``dqe serve``: run the gRPC quality-estimation server until SIGTERM / SIGINT, then drain.
 
-Every flag has a ``DQE_*`` environment variable (see :mod:`service.config`); flags win over the environment,
+Every flag has a ``DQE_*`` environment variable (see :mod:`dqe.service.settings`); flags win over the environment,
 the environment over defaults.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from service.commands.common import EXIT_INVALID, error_payload, print_json
+from dqe.service.commands.common import EXIT_INVALID, error_payload, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--grace-s",
         type=float,
         help="seconds to drain in-flight calls on SIGTERM (env DQE_GRACE_S, default 30)",
+    )
+    net.add_argument(
+        "--max-call-s",
+        type=float,
+        help="longest processing time of one call, with or without a client deadline; 0 = none "
+        "(env DQE_MAX_CALL_S, default 600)",
     )
     net.add_argument(
         "--no-reflection",
@@ -125,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from models.errors import DQEError
-    from service.config import ServerConfig
-    from service.server import configure_logging, create_server
+    from dqe.models.errors import DQEError
+    from dqe.service.serving.server import configure_logging, create_server
+    from dqe.service.settings import ServerConfig
 
     try:
         config = ServerConfig.from_sources(
@@ -137,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(error_payload(exc))
         return EXIT_INVALID
     configure_logging(config.log_format, config.log_level)
-    log = logging.getLogger("service.commands.serve")
+    log = logging.getLogger("dqe.service.commands.serve")
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

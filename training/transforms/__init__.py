@@ -12,20 +12,20 @@ from typing import Any
 
 import numpy as np
 
-from training.transforms.affine import RandomAffine
-from training.transforms.base import Transform
-from training.transforms.bias_field import BiasField
-from training.transforms.brightness import Brightness
-from training.transforms.contrast import Contrast
-from training.transforms.elastic import ElasticDeformation
-from training.transforms.flip import Flip
-from training.transforms.gamma import Gamma
-from training.transforms.gaussian_noise import GaussianNoise
-from training.transforms.ghosting import Ghosting
-from training.transforms.low_resolution import LowResolution
-from training.transforms.motion import Motion
-from training.transforms.rician_noise import RicianNoise
-from training.transforms.spike import Spike
+from dqe.training.transforms.affine import RandomAffine
+from dqe.training.transforms.base import Transform
+from dqe.training.transforms.bias_field import BiasField
+from dqe.training.transforms.brightness import Brightness
+from dqe.training.transforms.contrast import Contrast
+from dqe.training.transforms.elastic import ElasticDeformation
+from dqe.training.transforms.flip import Flip
+from dqe.training.transforms.gamma import Gamma
+from dqe.training.transforms.gaussian_noise import GaussianNoise
+from dqe.training.transforms.ghosting import Ghosting
+from dqe.training.transforms.low_resolution import LowResolution
+from dqe.training.transforms.motion import Motion
+from dqe.training.transforms.rician_noise import RicianNoise
+from dqe.training.transforms.spike import Spike
 
 TRANSFORMS: dict[str, type[Transform]] = {
     cls.name: cls

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from training.transforms.base import Transform
+from dqe.training.transforms.base import Transform
 
 
 def run_torchio(transform: Any, channel: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from training.transforms.base import IntensityTransform, as_range, uniform
+from dqe.training.transforms.base import IntensityTransform, as_range, uniform
 
 
 class Brightness(IntensityTransform):

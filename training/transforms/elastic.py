@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from training.transforms._warp import identity_grid, warp
-from training.transforms.base import Transform, as_range, uniform
+from dqe.training.transforms._warp import identity_grid, warp
+from dqe.training.transforms.base import Transform, as_range, uniform
 
 
 class ElasticDeformation(Transform):

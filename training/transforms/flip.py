@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.transforms.base import Transform
+from dqe.training.transforms.base import Transform
 
 
 class Flip(Transform):

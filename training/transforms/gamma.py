@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from training.transforms.base import IntensityTransform, as_range
-from training.transforms.contrast import draw_factor
+from dqe.training.transforms.base import IntensityTransform, as_range
+from dqe.training.transforms.contrast import draw_factor
 
 EPS = 1e-7
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from training.transforms._artefact import ArtefactTransform
-from training.transforms.base import as_range
+from dqe.training.transforms._artefact import ArtefactTransform
+from dqe.training.transforms.base import as_range
 
 
 class Motion(ArtefactTransform):

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from training.transforms.gaussian_noise import GaussianNoise
+from dqe.training.transforms.gaussian_noise import GaussianNoise
 
 
 class RicianNoise(GaussianNoise):

@@ -1,9 +1,9 @@
-"""The plausibility checks: each a small function of the shared :class:`~service.qc.context.Context`.
+"""The plausibility checks: each a small function of the shared :class:`~dqe.models.qc.context.Context`.
 
-Every check returns a :class:`~service.qc.types.Check` (value, threshold, pass/fail, the severity a
+Every check returns a :class:`~dqe.models.qc.types.Check` (value, threshold, pass/fail, the severity a
 failure implies, one sentence for a radiologist) or ``None`` when it cannot be evaluated on this case
 (e.g. enhancement checks without enhancing tumour). Thresholds and the data behind them are in
-:mod:`service.qc.config`.
+:mod:`dqe.models.qc.config`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from service.qc.config import GateConfig
-from service.qc.context import ENHANCING, NAB_MARGIN, NECROSIS, Context
-from service.qc.morphology import box_dilate, box_erode, fill_holes
-from service.qc.types import Check
+from dqe.models.qc.config import GateConfig
+from dqe.models.qc.context import ENHANCING, NAB_MARGIN, NECROSIS, Context
+from dqe.models.qc.morphology import box_dilate, box_erode, fill_holes
+from dqe.models.qc.types import Check
 
 logger = logging.getLogger(__name__)
 

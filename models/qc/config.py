@@ -4,7 +4,7 @@ Calibration data (``../shared/data``; ``benchmarks/build_gate_eval_list.py`` bui
 18 real algorithm segmentations of 4 exams -- BraTS-GLI-00001-000 (seg-BraTS23_1, its ``_mapped`` copy,
 BraTS Toolkit isen), TCGA-DU-7294 and TCGA-FG-6692 ("OtherEXampleFromTCIA"; 5 BraTS Toolkit algorithms + 2
 fusions each) and the brainlesion-BraTS case -- and 369 seeded synthetic failures of the 16 distinct ones
-(:mod:`service.qc.failures`, seeds 0-2). "good" below is the range over the 18 real segmentations, "bad"
+(:mod:`dqe.models.qc.failures`, seeds 0-2). "good" below is the range over the 18 real segmentations, "bad"
 the range over the failures of the mode named. Intensities are robust z-scores against normal-appearing
 brain (NAB: brain minus the tumour grown by 4 mm; median and IQR/1.349 on a 4 mm lattice), so they do not
 depend on scanner units. Geometry is measured on a 2 mm lattice (3-4 mm when labels fill a huge box).

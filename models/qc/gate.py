@@ -1,6 +1,6 @@
 """The QC gate: stars plus explainable plausibility checks, combined into one verdict.
 
-Verdict rules (thresholds in :class:`GateConfig`, data behind them in :mod:`service.qc.config`):
+Verdict rules (thresholds in :class:`GateConfig`, data behind them in :mod:`dqe.models.qc.config`):
 
 * ``fail``: any check whose failure implies ``fail`` failed (tumour outside the brain, implausible extent,
   not FLAIR-hyperintense, misplaced or flipped labels, ET/necrosis inverted, distant islands that look
@@ -13,7 +13,7 @@ Verdict rules (thresholds in :class:`GateConfig`, data behind them in :mod:`serv
 in [0, 1/3), review cases in [1/3, 2/3), pass cases in [2/3, 1). Within a band, half the position comes
 from the stars (1-6 mapped to 0-1) and half from how many checks failed (none = top of the band).
 
-The gate only reads the :class:`~service.engine.ScoreResult`; it never changes the stars.
+The gate only reads the :class:`~dqe.service.engine.ScoreResult`; it never changes the stars.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from service.qc.checks import FAIL, REVIEW, run_case_checks, stars, view_spread
-from service.qc.config import GateConfig
-from service.qc.context import Context
-from service.qc.types import Check, GateResult, Verdict
+from dqe.models.qc.checks import FAIL, REVIEW, run_case_checks, stars, view_spread
+from dqe.models.qc.config import GateConfig
+from dqe.models.qc.context import Context
+from dqe.models.qc.types import Check, GateResult, Verdict
 
 if TYPE_CHECKING:
-    from service.case import Case
-    from service.engine import ScoreResult
+    from dqe.models.case import Case
+    from dqe.models.result import ScoreResult
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ def evaluate_case(case: Case, result: ScoreResult, config: GateConfig | None = N
 
     Args:
         case: the validated case that was scored.
-        result: its :class:`~service.engine.ScoreResult` (read only; the stars are never changed).
-        config: thresholds; defaults documented in :mod:`service.qc.config`.
+        result: its :class:`~dqe.service.engine.ScoreResult` (read only; the stars are never changed).
+        config: thresholds; defaults documented in :mod:`dqe.models.qc.config`.
 
     Returns:
         A :class:`GateResult` with verdict, ``gate_score`` (higher = more plausible), the reasons (failed

@@ -21,16 +21,18 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from models.errors import InvalidInput
-from service._proto import quality_estimation_pb2_grpc as pb_grpc
-from service.batching import DynamicBatcher
-from service.config import ServerConfig
-from service.interceptor import REQUEST_ID, ServiceInterceptor
-from service.metrics import Metrics
-from service.servicer import SERVICE_NAME, PathPolicy, QualityEstimationServicer, Runtime
+from dqe.models.errors import InvalidInput
+from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
+from dqe.service.serving.batcher import DynamicBatcher
+from dqe.service.serving.interceptor import REQUEST_ID, ServiceInterceptor
+from dqe.service.serving.paths import PathPolicy
+from dqe.service.serving.runtime import Runtime
+from dqe.service.serving.servicer import SERVICE_NAME, QualityEstimationServicer
+from dqe.service.serving.telemetry import Metrics
+from dqe.service.settings import ServerConfig
 
 if TYPE_CHECKING:
-    from service.engine import Engine
+    from dqe.service.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +123,7 @@ class DQEServer:
         try:
             engine = self._engine
             if engine is None:
-                from service.engine import Engine
+                from dqe.service.engine import Engine
 
                 engine = Engine(self.config.engine_config())
             batcher = DynamicBatcher(

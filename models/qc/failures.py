@@ -25,7 +25,7 @@ quality model should learn to rate low):
 ``swap_enhancing_necrosis``
     enhancing tumour and necrosis labels exchanged; needs both.
 ``empty``
-    no tumour label at all (a :class:`~service.case.Case` rejects it with ``EmptySegmentation``).
+    no tumour label at all (a :class:`~dqe.models.case.Case` rejects it with ``EmptySegmentation``).
 
 Labels use the input's convention: enhancing tumour stays 4 when the input uses legacy label 4, else 3.
 Axis 0 of the stored array is taken as left-right, as in BraTS/SRI-24 files (LPS, x first).
@@ -36,8 +36,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from service.qc.brain import bbox
-from service.qc.morphology import box_dilate, box_erode
+from dqe.models.qc.brain import bbox
+from dqe.models.qc.morphology import box_dilate, box_erode
 
 FAILURE_MODES: tuple[str, ...] = (
     "spill",
@@ -89,7 +89,7 @@ def generate_failure(
         mode: one of :data:`FAILURE_MODES`.
         seed: random seed (direction, magnitude, blob positions, ...).
         brain_mask: optional boolean brain mask on the same grid (e.g. from
-            :func:`service.qc.brain.brain_mask_full`); makes spills, blobs, dilation and the flip axis
+            :func:`dqe.models.qc.brain.brain_mask_full`); makes spills, blobs, dilation and the flip axis
             anatomically placed. Without it the whole grid is treated as head.
 
     Returns:

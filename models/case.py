@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.contract import CONTRACT_V1, PreprocessingContract
-from models.errors import EmptySegmentation, InvalidInput, NotFound
-from service.nifti import Volume, decode_nifti, from_array, load_nifti
+from dqe.models.contract import CONTRACT_V1, PreprocessingContract
+from dqe.models.errors import EmptySegmentation, InvalidInput, NotFound
+from dqe.models.nifti import Volume, decode_nifti, from_array, load_nifti
 
 MODALITIES = ("t1c", "t1", "t2", "flair")
 FIELDS = (*MODALITIES, "segmentation")
@@ -94,7 +94,7 @@ class Case:
     """Four co-registered MR images and a BraTS-style segmentation, validated on construction.
 
     Args:
-        t1c, t1, t2, flair, segmentation: decoded volumes (see :mod:`service.nifti`).
+        t1c, t1, t2, flair, segmentation: decoded volumes (see :mod:`dqe.models.nifti`).
         case_id: a name for logs and reports.
         contract: the preprocessing contract (valid labels).
 

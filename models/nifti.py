@@ -23,7 +23,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.volumeutils import apply_read_scaling
 
-from models.errors import InvalidInput, NotFound, UnreadableFile
+from dqe.models.errors import InvalidInput, NotFound, UnreadableFile
 
 _isal_zlib: Any
 try:  # ISA-L: 2-3x faster than zlib on the same bytes, and its inflate runs without the GIL.

@@ -7,7 +7,7 @@ oldest queued item arrived, and hands each batch to one of ``workers`` runner th
 A request's views always stay in one batch; requests are taken in arrival order.
 
 Work whose deadline passed (or whose caller went away) before its batch was formed is dropped, never run.
-The queue is bounded in views: a submit that would overflow it raises :class:`models.errors.Overloaded`.
+The queue is bounded in views: a submit that would overflow it raises :class:`dqe.models.errors.Overloaded`.
 """
 
 from __future__ import annotations
@@ -22,21 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.errors import DQEError, InvalidInput, ModelNotReady, Overloaded
+from dqe.models.errors import CallCancelled, DeadlineExpired, InvalidInput, ModelNotReady, Overloaded
 
 logger = logging.getLogger(__name__)
-
-
-class DeadlineExpired(DQEError):
-    """The call's deadline passed before its work ran (maps to DEADLINE_EXCEEDED)."""
-
-    code = "DEADLINE_EXCEEDED"
-
-
-class CallCancelled(DQEError):
-    """The caller went away before its work ran (maps to CANCELLED)."""
-
-    code = "CANCELLED"
 
 
 @dataclass(frozen=True)

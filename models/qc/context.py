@@ -13,9 +13,9 @@ from functools import cached_property
 import numpy as np
 from scipy import ndimage as ndi
 
-from service.case import Case
-from service.qc.brain import bbox, clean_mask, signal_mask, subsample
-from service.qc.morphology import box_dilate
+from dqe.models.case import Case
+from dqe.models.qc.brain import bbox, clean_mask, signal_mask, subsample
+from dqe.models.qc.morphology import box_dilate
 
 NECROSIS, EDEMA, ENHANCING = 1, 2, 3
 MAX_CROP_SAMPLES = 400_000  # coarser lattice when the tumour's box would hold more lattice points

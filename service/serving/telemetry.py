@@ -54,7 +54,7 @@ class Metrics:
         self._http: Any = None
 
     def observe_batch(self, size: int, waits_s: list[float], run_s: float) -> None:
-        """The :data:`service.batching.BatchObserver` hook."""
+        """The :data:`dqe.service.serving.batcher.BatchObserver` hook."""
         self.batch_size.observe(size)
         self.inference_time.observe(run_s)
         for w in waits_s:

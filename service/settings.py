@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.errors import InvalidInput
-from models.registry import DEFAULT_MODEL_ID
+from dqe.models.errors import InvalidInput
+from dqe.models.registry import DEFAULT_MODEL_ID
 
 MIB = 1024 * 1024
 ENV_PREFIX = "DQE_"
@@ -49,12 +49,14 @@ class ServerConfig:
         metrics_port: Prometheus ``/metrics`` HTTP port; 0 picks a free one, negative disables.
         metrics_host: interface for the metrics server.
         grace_s: seconds in-flight calls get to finish after SIGTERM.
+        max_call_s: the longest one call may be processed, whether or not the client set a deadline (a call
+            without a deadline runs as long as it takes up to this); 0 = no server-side limit.
         warmup: run a warm-up batch before reporting SERVING.
         reflection: enable gRPC server reflection (grpcurl).
         log_format: ``json`` (one object per line) or ``text``.
         log_level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``.
         model_id, providers, precision, backend, intra_op_threads: engine settings (see
-            ``service.engine.EngineConfig``).
+            ``dqe.service.engine.EngineConfig``).
     """
 
     host: str = "0.0.0.0"
@@ -77,6 +79,7 @@ class ServerConfig:
     metrics_port: int = 9464
     metrics_host: str = "0.0.0.0"
     grace_s: float = 30.0
+    max_call_s: float = 600.0
     warmup: bool = True
     reflection: bool = True
     log_format: str = "json"
@@ -100,6 +103,10 @@ class ServerConfig:
                 raise InvalidInput(f"{name} is {getattr(self, name)}; expected >= 1", field=name)
         if not 0 <= self.port <= 65535:
             raise InvalidInput(f"port is {self.port}; expected 0-65535", field="port")
+        if self.max_call_s < 0:
+            raise InvalidInput(
+                f"max_call_s is {self.max_call_s}; expected >= 0 (0 = no limit)", field="max_call_s"
+            )
         if self.max_queue_delay_ms < 0 or self.grace_s < 0:
             raise InvalidInput("max_queue_delay_ms and grace_s must be >= 0", field="max_queue_delay_ms")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -146,8 +153,8 @@ class ServerConfig:
         return self.token
 
     def engine_config(self) -> Any:
-        """The :class:`service.engine.EngineConfig` these settings describe."""
-        from service.engine import EngineConfig
+        """The :class:`dqe.service.engine.EngineConfig` these settings describe."""
+        from dqe.service.engine import EngineConfig
 
         return EngineConfig(
             model_id=self.model_id,

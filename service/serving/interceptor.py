@@ -6,7 +6,7 @@ Every call goes through :class:`ServiceInterceptor`:
   metadata, set in a context variable for log records and the response, and logged with the outcome;
 * when a bearer token is configured, calls other than health checks must carry
   ``authorization: Bearer <token>`` (else UNAUTHENTICATED);
-* a :class:`models.errors.DQEError` becomes its ``code`` with a message naming the field and the value
+* a :class:`dqe.models.errors.DQEError` becomes its ``code`` with a message naming the field and the value
   (trailing metadata ``dqe-error-field`` / ``dqe-error-kind``); anything else becomes INTERNAL with the
   traceback logged and only the request id sent.
 """
@@ -24,8 +24,8 @@ from typing import Any
 
 import grpc
 
-from models.errors import DQEError, Unauthenticated
-from service.metrics import Metrics
+from dqe.models.errors import DQEError, Unauthenticated
+from dqe.service.serving.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from service.nifti import Volume
-from service.qc.morphology import fill_holes
+from dqe.models.nifti import Volume
+from dqe.models.qc.morphology import fill_holes
 
 REL_EPS = 1e-3  # |v| must exceed 0.1 % of the modality's largest magnitude to count as signal
 

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import InvalidInput, NotFound
+from dqe.models.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
-    from service.engine import EngineConfig
-    from service.qc.config import GateConfig
+    from dqe.models.qc.config import GateConfig
+    from dqe.service.engine import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,10 @@ def _rank_value(v: float | None) -> float:
 
 def evaluate_rows(rows: list[Row], engine_config: EngineConfig, gate_config: GateConfig) -> None:
     """Score and gate every row in place (errors other than an empty segmentation are recorded)."""
-    from models.errors import DQEError, EmptySegmentation
-    from service.case import MODALITIES, Case
-    from service.engine import Engine
-    from service.qc.gate import empty_segmentation_result, evaluate_case
+    from dqe.models.case import MODALITIES, Case
+    from dqe.models.errors import DQEError, EmptySegmentation
+    from dqe.models.qc.gate import empty_segmentation_result, evaluate_case
+    from dqe.service.engine import Engine
 
     engine = Engine(engine_config)
     cache: OrderedDict[tuple[str, ...], dict[str, Any]] = OrderedDict()

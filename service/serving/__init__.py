@@ -1,0 +1,1 @@
+"""The gRPC server side: server lifecycle, thin servicer, interceptor, dynamic batcher, Prometheus telemetry."""
