@@ -2,8 +2,8 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Models are cached here so tests, demo and benchmarks share one export (override with DQE_HOME=...).
-export DQE_HOME ?= $(CURDIR)/.dqe-home
+# Models live in the CLI's own default model home ($DQE_HOME, else ~/.cache/dqe), so `make demo`, the tests, the
+# benchmarks and a later `dqe score` share one export. Override with DQE_HOME=... on the make command line.
 EXTRAS := fast,batch,train,dev
 # The strict editable install links every package file into build/__editable__*/dqe/ (see pyproject.toml), so
 # the stamp also tracks the list of package files: adding or removing a module re-links the tree.
@@ -27,7 +27,8 @@ SHARED_DATA ?= $(CURDIR)/../shared/data
 model: venv
 	$(BIN)/dqe model export
 	@# Record each precision mode's measured error on the real cases in the model card (once; skipped without data).
-	@if [ -d "$(SHARED_DATA)" ] && ! grep -q precision_errors $(DQE_HOME)/models/*/card.json 2>/dev/null; then \
+	@home=$$($(BIN)/python -c 'from dqe.models.artifacts import model_home; print(model_home())'); \
+	if [ -d "$(SHARED_DATA)" ] && ! grep -q precision_errors $$home/models/*/card.json 2>/dev/null; then \
 		$(BIN)/dqe model calibrate-precision --data "$(SHARED_DATA)" --threads 2; fi
 
 demo: model
@@ -36,6 +37,7 @@ demo: model
 lint: venv
 	$(BIN)/ruff check service models training tests benchmarks
 	$(BIN)/ruff format --check service models training tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: venv
 	MYPYPATH=$$(ls -d build/__editable__.*) $(BIN)/mypy -p dqe
@@ -70,4 +72,4 @@ gate-eval: model
 	$(BIN)/dqe gate-eval benchmarks/out/gate_eval/list.csv --out benchmarks/out/gate_eval/report
 
 clean:
-	rm -rf $(VENV) .dqe-home .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

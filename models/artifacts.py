@@ -102,7 +102,9 @@ def ensure_model(model_id: str, home: Path | None = None, build: bool = True) ->
             f"model {model_id!r} is not built in {str(model_home())!r}; run `dqe model export`"
         )
     try:
-        from dqe.models.export import export_model
+        from dqe.models.export import (  # lazy: torch (export extra only): never loaded by the server or the client
+            export_model,  # lazy: torch (export/train extras only): keeps the CLI, the server and the client torch-free
+        )
     except ImportError as exc:
         raise ModelNotReady(
             f"model {model_id!r} is not built and export needs the export extra ({exc}); "

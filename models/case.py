@@ -16,7 +16,7 @@ import numpy as np
 
 from dqe.models.contract import CONTRACT_V1, PreprocessingContract
 from dqe.models.errors import EmptySegmentation, InvalidInput, NotFound
-from dqe.models.nifti import Volume, decode_nifti, from_array, load_nifti
+from dqe.models.nifti import Volume, affine_usable, decode_nifti, from_array, load_nifti
 
 MODALITIES = ("t1c", "t1", "t2", "flair")
 FIELDS = (*MODALITIES, "segmentation")
@@ -310,8 +310,16 @@ class Case:
                 f"grid {self.shape} is not the BraTS/SRI-24 grid {tuple(self.contract.expected_grid)}; "
                 "the model was trained on that grid"
             )
+        unusable = [vol.name for vol in self.volumes if not affine_usable(vol.affine)]
+        for name in unusable:
+            warnings.append(
+                f"{name}: header affine has NaN/Inf values or is singular; its geometry is ignored (voxels are "
+                "used as stored) and the QC gate's header checks skip it"
+            )
         ref = self.t1c.affine
         for vol in (*self.images[1:], self.segmentation):
+            if vol.name in unusable or self.t1c.name in unusable:
+                continue
             if not np.allclose(vol.affine, ref, atol=1e-3):
                 warnings.append(
                     f"{vol.name} affine differs from t1c affine while the voxel grids align; "

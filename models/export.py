@@ -6,13 +6,15 @@ ONNX Runtime reproduces torch's stars on real preprocessed inputs within ``PARIT
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,9 @@ def parity_inputs(
         v, _ = build_views([ph.t1c, ph.t1, ph.t2, ph.flair], ph.segmentation, contract)
         views.extend(v)
     for folder in extra_cases:
-        from dqe.models.case import Case  # optional: only when real cases are given
+        from dqe.models.case import (  # lazy: NIfTI stack (nibabel, scipy) loads only where a case is decoded
+            Case,  # optional: only when real cases are given  # lazy: decoding stack (nibabel, scipy) only where a case is decoded
+        )
 
         case = Case.from_folder(folder)
         v, _ = build_views(case.images, case.labels, contract)
@@ -57,7 +61,28 @@ def parity_inputs(
     return np.stack(views).astype(np.float32)
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (Python and C level: torch.onnx prints its progress) to stderr, so
+    the stdout of a command that prints JSON carries only that JSON, even when it exports on first use."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _export_onnx(net: torch.nn.Module, path: Path, opset: int) -> None:
+    with _stdout_to_stderr():
+        _export_onnx_program(net, path, opset)
+
+
+def _export_onnx_program(net: torch.nn.Module, path: Path, opset: int) -> None:
     net = net.eval()
     example = torch.zeros(2, _in_channels(net), 240, 240)
     batch = torch.export.Dim("batch", min=1, max=1024)

@@ -127,6 +127,15 @@ class Volume:
         return np.asarray(self.data)
 
 
+def affine_usable(affine: np.ndarray) -> bool:
+    """Whether a header affine can describe geometry: finite and not singular (NaN ``srow_*`` or a zero
+    ``pixdim`` give neither orientation nor spacing; voxels are still used as stored)."""
+    a = np.asarray(affine, dtype=np.float64)
+    if a.shape != (4, 4) or not np.isfinite(a).all():
+        return False
+    return bool(abs(np.linalg.det(a[:3, :3])) > 1e-12)
+
+
 def _squeeze_trailing(data: np.ndarray, name: str) -> tuple[np.ndarray, tuple[str, ...]]:
     notes: tuple[str, ...] = ()
     if data.ndim > 3 and all(s == 1 for s in data.shape[3:]):

@@ -28,6 +28,7 @@ import numpy as np
 import dqe.models.errors as errors
 from dqe.models.contract import PreprocessingContract
 from dqe.models.errors import DQEError, InvalidInput
+from dqe.models.preprocess import build_views
 from dqe.models.result import ScoreResult
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
@@ -411,8 +412,7 @@ class DQEClient:
         run_gate: bool,
         deadline_s: float | None,
     ) -> RemoteScore:
-        from dqe.models.case import Case
-        from dqe.models.preprocess import build_views
+        from dqe.models.case import Case  # lazy: decoding stack (nibabel, scipy) only where a case is decoded
 
         contract = self.contract()
         t0 = time.perf_counter()
@@ -431,7 +431,9 @@ class DQEClient:
         result.timings_ms.update({"local_decode": (t1 - t0) * 1e3, "local_preprocess": (t2 - t1) * 1e3})
         if run_gate:
             try:
-                from dqe.models.qc.gate import evaluate_case
+                from dqe.models.qc.gate import (  # lazy: NIfTI stack (scipy) loads only when a case is gated
+                    evaluate_case,  # lazy: decoding stack (nibabel, scipy) only where a case is decoded
+                )
             except ImportError as exc:
                 result.warnings.append(f"QC gate is not installed here ({exc}); gate fields left empty")
             else:

@@ -13,6 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from dqe.models.artifacts import ensure_model
+from dqe.models.phantom import make_phantom, write_case
+from dqe.models.registry import DEFAULT_MODEL_ID
+from dqe.service.settings import ServerConfig
+
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "brainlesion-deep_quality_estimation" / "tests" / "data"
 REFERENCE_EXPECTED_MEAN = 5.315626939137776  # deep_quality_estimation 0.0.3's own test, seg-BraTS23_1
@@ -24,18 +29,16 @@ def _case_files(tmp: Path) -> tuple[str, dict[str, Path]]:
         return "BraTS-GLI-00001-000 (real, ../shared/data)", {
             k: REAL / f"{v}.nii.gz" for k, v in names.items()
         }
-    from dqe.models.phantom import make_phantom, write_case
 
     return "synthetic phantom (seed 0)", write_case(make_phantom(seed=0), tmp / "PHANTOM-00000-000")
 
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    from dqe.models.artifacts import ensure_model
-    from dqe.models.registry import DEFAULT_MODEL_ID
-    from dqe.service.client import DQEClient
-    from dqe.service.serving.server import create_server
-    from dqe.service.settings import ServerConfig
+    from dqe.service.client import DQEClient  # lazy: grpc only where a server or client is used
+    from dqe.service.serving.server import (  # lazy: grpc server stack loads only when serving
+        create_server,  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+    )
 
     t0 = time.perf_counter()
     art = ensure_model(DEFAULT_MODEL_ID)

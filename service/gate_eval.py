@@ -25,7 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dqe.models.errors import InvalidInput, NotFound
+from dqe.models.case import MODALITIES, Case
+from dqe.models.errors import DQEError, EmptySegmentation, InvalidInput, NotFound
+from dqe.models.qc.gate import empty_segmentation_result, evaluate_case
+from dqe.service.engine import Engine
 
 if TYPE_CHECKING:
     from dqe.models.qc.config import GateConfig
@@ -126,10 +129,6 @@ def _rank_value(v: float | None) -> float:
 
 def evaluate_rows(rows: list[Row], engine_config: EngineConfig, gate_config: GateConfig) -> None:
     """Score and gate every row in place (errors other than an empty segmentation are recorded)."""
-    from dqe.models.case import MODALITIES, Case
-    from dqe.models.errors import DQEError, EmptySegmentation
-    from dqe.models.qc.gate import empty_segmentation_result, evaluate_case
-    from dqe.service.engine import Engine
 
     engine = Engine(engine_config)
     cache: OrderedDict[tuple[str, ...], dict[str, Any]] = OrderedDict()

@@ -1,8 +1,20 @@
-"""Server configuration: one frozen dataclass filled CLI > ``DQE_*`` environment > defaults.
+"""One settings layer for every command and the server: frozen dataclasses filled flags > ``DQE_*`` > defaults.
 
-Parsed in ``dqe serve``'s ``run()`` (never at import time). Each field ``name`` is read from the environment
-variable ``DQE_<NAME>`` (upper case) unless the command line gave it; sequences in the environment are
-separated by ``os.pathsep`` (paths) or commas (providers).
+Every settings class derives from :class:`Settings`; ``from_sources(cli, env)`` reads each field ``name``
+from the command line (``None`` = not given), else from the environment variable ``DQE_<NAME>`` (or the name in
+:data:`ENV_NAMES`), else its default, coerces it to the field's type and validates it; errors name the flag or
+variable and the value. Parsed in a command's ``run()``, never at import or parser-building time, so a bad
+variable cannot break ``--help``. Sequences in the environment are separated by ``os.pathsep`` (paths) or
+commas (providers). Each variable has one meaning across commands:
+
+=======================  ===================================================================
+``DQE_MODEL``            model id (score, gate, batch, serve, calibrate)
+``DQE_THREADS``          inference intra-op threads (0 = all cores)
+``DQE_DECODE_WORKERS``   threads decoding NIfTI (serve; batch ``--workers``)
+``DQE_BATCH_WORKERS``    concurrent inference batches of the server's dynamic batcher
+``DQE_TOKEN``            the bearer token (server: expected; client: sent)
+``DQE_DEADLINE_S``       client-side deadline of one call, retries included
+=======================  ===================================================================
 """
 
 from __future__ import annotations
@@ -12,19 +24,140 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dqe.models.errors import InvalidInput
 from dqe.models.registry import DEFAULT_MODEL_ID
 
 MIB = 1024 * 1024
 ENV_PREFIX = "DQE_"
-# Environment names that differ from DQE_<FIELD> (kept compatible with the other commands' variables).
+# Environment names that differ from DQE_<FIELD>.
 ENV_NAMES = {"model_id": "DQE_MODEL", "intra_op_threads": "DQE_THREADS"}
+S = TypeVar("S", bound="Settings")
+
+
+class Settings:
+    """Base of the settings dataclasses: construction from flags, environment and defaults."""
+
+    @classmethod
+    def env_name(cls, name: str) -> str:
+        """The environment variable of field ``name``."""
+        return ENV_NAMES.get(name, ENV_PREFIX + name.upper())
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """Field ``name``'s default (for help texts)."""
+        return next(f.default for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_sources(
+        cls: type[S], cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+    ) -> S:
+        """Settings from command-line values (``None`` = not given), then ``DQE_*`` variables, then defaults.
+
+        Raises:
+            InvalidInput: a value cannot be parsed or is out of range (the message names the flag or variable
+                and the value).
+        """
+        cli = cli or {}
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            given = cli.get(f.name)
+            if given is not None:
+                source = f"--{f.name.replace('_', '-')}"
+                values[f.name] = _coerce(f.name, f.default, given, source=source)
+                sources[f.name] = f"{source} {given!r}"
+                continue
+            var = cls.env_name(f.name)
+            if env.get(var, "") != "":
+                values[f.name] = _coerce(f.name, f.default, env[var], source=var)
+                sources[f.name] = f"{var}={env[var]!r}"
+        try:
+            return cls(**values)
+        except InvalidInput as exc:
+            if exc.field in sources:
+                raise InvalidInput(f"{sources[exc.field]}: {exc.message}", field=exc.field) from None
+            raise
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class EngineSettings(Settings):
+    """How a command runs the model in-process (``dqe score``, ``gate``, ``batch``, ``model calibrate``).
+
+    Attributes: see :class:`dqe.service.engine.EngineConfig` (``model_id``, ``providers``, ``precision``,
+    ``backend``, ``intra_op_threads``).
+    """
+
+    model_id: str = DEFAULT_MODEL_ID
+    providers: tuple[str, ...] = ("auto",)
+    precision: str = "fp32"
+    backend: str = "auto"
+    intra_op_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.intra_op_threads < 0:
+            raise InvalidInput(
+                f"intra_op_threads is {self.intra_op_threads}; expected >= 0 (0 = all cores)",
+                field="intra_op_threads",
+            )
+
+    def engine_config(self) -> Any:
+        """The :class:`dqe.service.engine.EngineConfig` these settings describe."""
+        from dqe.service.engine import (  # lazy: onnxruntime + NIfTI stack load when a model is run, not when a command is parsed
+            EngineConfig,  # lazy: the engine (onnxruntime, nibabel) only when a command builds one
+        )
+
+        return EngineConfig(
+            model_id=self.model_id,
+            providers=self.providers,
+            precision=self.precision,
+            backend=self.backend,
+            intra_op_threads=self.intra_op_threads,
+        )
+
+
+@dataclass(frozen=True)
+class ClientSettings(Settings):
+    """How ``dqe score --server`` calls a server.
+
+    Attributes:
+        deadline_s: overall deadline of one call in seconds, retries included.
+        retries: extra attempts on UNAVAILABLE, with exponential backoff.
+        token: bearer token sent as ``authorization: Bearer <token>`` (empty: none).
+    """
+
+    deadline_s: float = 120.0
+    retries: int = 3
+    token: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.deadline_s <= 0:
+            raise InvalidInput(f"deadline_s is {self.deadline_s}; expected > 0", field="deadline_s")
+        if self.retries < 0:
+            raise InvalidInput(f"retries is {self.retries}; expected >= 0", field="retries")
+
+
+@dataclass(frozen=True)
+class BatchSettings(Settings):
+    """How ``dqe batch`` runs.
+
+    Attributes:
+        decode_workers: threads decoding NIfTI (local engine) or Ray actors (``--engine ray``).
+    """
+
+    decode_workers: int = 2
+
+    def __post_init__(self) -> None:
+        if self.decode_workers < 1:
+            raise InvalidInput(
+                f"decode_workers is {self.decode_workers}; expected >= 1", field="decode_workers"
+            )
+
+
+@dataclass(frozen=True)
+class ServerConfig(Settings):
     """How ``dqe serve`` runs.
 
     Attributes:
@@ -154,7 +287,9 @@ class ServerConfig:
 
     def engine_config(self) -> Any:
         """The :class:`dqe.service.engine.EngineConfig` these settings describe."""
-        from dqe.service.engine import EngineConfig
+        from dqe.service.engine import (  # lazy: onnxruntime + NIfTI stack load when a model is run, not when a command is parsed
+            EngineConfig,  # lazy: the engine (onnxruntime, nibabel) only when a command builds one
+        )
 
         return EngineConfig(
             model_id=self.model_id,
@@ -163,33 +298,6 @@ class ServerConfig:
             backend=self.backend,
             intra_op_threads=self.intra_op_threads,
         )
-
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def env_name(cls, name: str) -> str:
-        return ENV_NAMES.get(name, ENV_PREFIX + name.upper())
-
-    @classmethod
-    def from_sources(
-        cls, cli: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
-    ) -> ServerConfig:
-        """Settings from command-line values (``None`` = not given), then ``DQE_*`` variables, then defaults.
-
-        Raises:
-            InvalidInput: a value cannot be parsed (the message names the variable or flag).
-        """
-        cli = cli or {}
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            given = cli.get(f.name)
-            if given is not None:
-                values[f.name] = _coerce(f.name, f.default, given, source=f"--{f.name.replace('_', '-')}")
-                continue
-            var = cls.env_name(f.name)
-            if env.get(var, "") != "":
-                values[f.name] = _coerce(f.name, f.default, env[var], source=var)
-        return cls(**values)
 
 
 def _coerce(name: str, default: Any, value: Any, source: str) -> Any:

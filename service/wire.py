@@ -7,7 +7,7 @@ and the core's result types only (no grpc, no engine).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -15,9 +15,6 @@ from dqe.models.errors import DQEError, InvalidInput
 from dqe.models.qc.types import Check, GateResult, Verdict
 from dqe.models.result import ScoreResult
 from dqe.service._proto import quality_estimation_pb2 as pb
-
-if TYPE_CHECKING:
-    from dqe.service.engine import Engine
 
 _VERDICTS = {"pass": pb.VERDICT_PASS, "review": pb.VERDICT_REVIEW, "fail": pb.VERDICT_FAIL}
 _SEVERITIES = {"info": pb.SEVERITY_INFO, "review": pb.SEVERITY_REVIEW, "fail": pb.SEVERITY_FAIL}
@@ -51,24 +48,14 @@ def gate_to_proto(gate: Any) -> pb.QCGate:
     return msg
 
 
-def model_ref(engine: Engine) -> pb.ModelRef:
-    return pb.ModelRef(
-        model_id=engine.model_id,
-        model_sha256=engine.model_sha256,
-        backend=engine.backend.name,
-        providers=list(engine.backend.providers),
-        precision=engine.config.precision,
-    )
-
-
-def result_to_proto(result: ScoreResult, engine: Engine, request_id: str = "") -> pb.ScoreResponse:
+def result_to_proto(result: ScoreResult, model: pb.ModelRef, request_id: str = "") -> pb.ScoreResponse:
     """A :class:`dqe.service.engine.ScoreResult` as a ``ScoreResponse``."""
     msg = pb.ScoreResponse(
         case_id=result.case_id,
         mean_stars=result.mean_stars,
         views=[pb.ViewScore(view=v, stars=s) for v, s in result.views.items()],
         warnings=list(result.warnings),
-        model=model_ref(engine),
+        model=model,
         timings_ms={k: float(v) for k, v in result.timings_ms.items()},
         request_id=request_id,
     )

@@ -13,7 +13,6 @@ DQE_TEST_DATA = SHARED_DATA / "brainlesion-deep_quality_estimation" / "tests" / 
 TOOLKIT = SHARED_DATA / "brainlesion-tutorials" / "BraTS-Toolkit" / "data"
 BRATS_CASE = SHARED_DATA / "brainlesion-BraTS"
 
-os.environ.setdefault("DQE_HOME", str(REPO / ".dqe-home"))
 
 
 def real_data_available() -> bool:

@@ -284,7 +284,7 @@ def test_gpu_provider_that_does_not_start_is_an_error(monkeypatch: pytest.Monkey
 # ----------------------------------------------------------------------------- card: precision_errors
 def test_write_precision_errors_is_atomic_and_keeps_the_checksum(tmp_path: Path) -> None:
     from dqe.models.artifacts import ModelArtifacts, ensure_model
-    from dqe.service.backends.calibration import write_precision_errors
+    from dqe.service.calibration import write_precision_errors
 
     src = ensure_model(EngineConfig().model_id).directory
     dst = tmp_path / "model"
@@ -311,7 +311,7 @@ def test_write_precision_errors_is_atomic_and_keeps_the_checksum(tmp_path: Path)
 
 
 def test_error_stats() -> None:
-    from dqe.service.backends.calibration import error_stats
+    from dqe.service.calibration import error_stats
 
     ref = np.array([[5.0, 4.0, 3.0], [2.0, 2.0, 2.0]])
     got = ref + np.array([[0.003, -0.001, 0.0], [0.0, 0.0, -0.006]])
@@ -325,7 +325,7 @@ def test_error_stats() -> None:
 # ----------------------------------------------------------------------------- real cases
 @pytest.mark.real_data
 def test_discover_cases_finds_every_shared_pair() -> None:
-    from dqe.service.backends.calibration import discover_cases
+    from dqe.service.calibration import discover_cases
 
     found = {tuple(sorted((k, str(v)) for k, v in c.files.items())) for c in discover_cases(SHARED_DATA)}
     expected = {tuple(sorted((k, str(v)) for k, v in f.items())) for _, f in real_cases()}
@@ -340,7 +340,7 @@ def test_each_available_mode_scores_real_cases_within_its_recorded_error(engine:
     The bound is the card's recorded max |delta| when it was measured on this CPU (plus 1e-4 for
     thread-count-dependent summation order), else the 0.01-star budget; it never exceeds the budget.
     """
-    from dqe.service.backends.calibration import available_modes, preprocessed_views, stars_per_case
+    from dqe.service.calibration import available_modes, preprocessed_views, stars_per_case
 
     modes = available_modes()
     if not modes:
@@ -371,6 +371,6 @@ def test_each_available_mode_scores_real_cases_within_its_recorded_error(engine:
 
 
 def _case(name: str, files: dict[str, Path]):
-    from dqe.service.backends.calibration import RealCase
+    from dqe.service.calibration import RealCase
 
     return RealCase(name=name, files=files)

@@ -12,7 +12,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from dqe.service.commands.common import EXIT_INVALID, error_payload, print_json
+from dqe.models.contract import PreprocessingContract
+from dqe.models.errors import DQEError, InvalidInput
+from dqe.service.commands.common import EXIT_INVALID, add_parity_case_arg, error_payload, print_json
+from dqe.training.config import load_config, replace
+from dqe.training.data import read_ratings
+from dqe.training.evaluate import evaluate_ratings, format_metrics
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -102,13 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", type=Path, metavar="RUN_DIR")
     p.add_argument("--model-id", required=True, help="id to serve it under (dqe serve --model ID)")
     p.add_argument("--force", action="store_true", help="replace an existing published model of that id")
-    p.add_argument(
-        "--parity-case",
-        action="append",
-        default=[],
-        type=Path,
-        help="extra real case folder for the parity check",
-    )
+    add_parity_case_arg(p)
     p.set_defaults(func=run_publish)
 
 
@@ -130,23 +129,28 @@ def _publish(run_dir: Path, model_id: str, force: bool, extra_cases: list[Path] 
     """Export a run; torch.onnx prints its progress on stdout, which must stay clean JSON: send it to stderr."""
     import contextlib
 
-    from dqe.training.publish import publish_run
+    from dqe.training.publish import (  # lazy: torch (train extra only): `dqe --help` and serving stay torch-free
+        publish_run,  # lazy: torch (export/train extras only): keeps the CLI, the server and the client torch-free
+    )
 
     with contextlib.redirect_stdout(sys.stderr):
         return publish_run(run_dir, model_id, force=force, extra_cases=extra_cases or [])
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dqe.models.errors import DQEError
-    from dqe.training.config import load_config, replace
-    from dqe.training.trainer import RunError, train
+    from dqe.training.trainer import (  # lazy: torch (export/train extras only): keeps the CLI, the server and the client torch-free
+        RunError,
+        train,
+    )
 
     try:
         if args.config is None and not args.resume:
             raise RunError("--config is required for a new run")
         cfg = load_config(args.config, args.overrides) if args.config else None
         if cfg is None and args.overrides:
-            from dqe.training.trainer import resolve_run_config
+            from dqe.training.trainer import (  # lazy: torch (train extra only): `dqe --help` and serving stay torch-free
+                resolve_run_config,  # lazy: torch (export/train extras only): keeps the CLI, the server and the client torch-free
+            )
 
             cfg = replace(resolve_run_config(None, args.out, True), args.overrides)
         summary = train(cfg, args.out, resume=args.resume, device=args.device, progress=not args.no_progress)
@@ -164,15 +168,15 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from dqe.models.errors import DQEError, InvalidInput
-    from dqe.training.evaluate import evaluate_ratings, format_metrics
 
     try:
         if args.model:
             if args.ratings is None:
                 raise InvalidInput("--ratings is required with --model", field="ratings")
-            from dqe.service.engine import Engine, EngineConfig
-            from dqe.training.data import read_ratings
+            from dqe.service.engine import (  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+                Engine,
+                EngineConfig,
+            )
 
             engine = Engine(EngineConfig(model_id=args.model))
             df = read_ratings(args.ratings, views=engine.contract.views)
@@ -190,12 +194,15 @@ def _evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from dqe.models.contract import PreprocessingContract
-    from dqe.models.network import load_network
-    from dqe.training.data import read_ratings
-    from dqe.training.evaluate import evaluate_ratings
-    from dqe.training.model import resolve_device
-    from dqe.training.publish import run_weights
+    from dqe.models.network import (  # lazy: torch (export/train extras only)
+        load_network,  # lazy: torch (export/train extras only): keeps the CLI, the server and the client torch-free
+    )
+    from dqe.training.model import (  # lazy: torch (train extra only): `dqe --help` and serving stay torch-free
+        resolve_device,  # lazy: torch (export/train extras only): keeps the CLI, the server and the client torch-free
+    )
+    from dqe.training.publish import (  # lazy: torch (train extra only): `dqe --help` and serving stay torch-free
+        run_weights,  # lazy: torch (export/train extras only): keeps the CLI, the server and the client torch-free
+    )
 
     run_dir: Path = args.run
     record = json.loads((run_dir / "run.json").read_text())
@@ -224,9 +231,11 @@ def _evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from dqe.models.errors import DQEError
-    from dqe.training.config import load_config
-    from dqe.training.finetune import FinetuneOptions, finetune, read_cases
+    from dqe.training.finetune import (  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+        FinetuneOptions,
+        finetune,
+        read_cases,
+    )
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -255,7 +264,6 @@ def run_finetune(args: argparse.Namespace) -> int:
 
 
 def run_publish(args: argparse.Namespace) -> int:
-    from dqe.models.errors import DQEError
 
     try:
         art = _publish(args.run, args.model_id, force=args.force, extra_cases=args.parity_case)

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dqe.models.case import Case
 from dqe.models.contract import PreprocessingContract
-from dqe.models.errors import InvalidInput, NotFound
+from dqe.models.errors import DQEError, InvalidInput, NotFound
+from dqe.models.preprocess import build_views
 from dqe.models.registry import sha256_file
 
 if TYPE_CHECKING:
@@ -237,9 +239,6 @@ def build_view_bank(
     Raises:
         DQEError: a case is invalid (unless ``skip_invalid``, which records it in ``skipped`` instead).
     """
-    from dqe.models.case import Case
-    from dqe.models.errors import DQEError
-    from dqe.models.preprocess import build_views
 
     cache = Path(cache_dir) if cache_dir else None
     if cache:

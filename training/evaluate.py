@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dqe.training.data import build_view_bank, expand_views, rated_views
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -187,8 +189,6 @@ def evaluate_ratings(
         predict_views: ``(N, C, H, W) float32 -> (N,) stars``, e.g. ``Engine.run`` or a torch model.
     """
     import pandas as pd
-
-    from dqe.training.data import build_view_bank, expand_views, rated_views
 
     bank = build_view_bank(df, contract, cache_dir=cache_dir, skip_invalid=True)
     df = df[~df["seg_key"].isin(set(bank.skipped))]

@@ -29,6 +29,19 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import ndimage
 
+from dqe.models.case import Case
+from dqe.models.contract import CONTRACT_V1
+from dqe.models.errors import InvalidInput, NotFound
+from dqe.models.network import load_network
+from dqe.models.nifti import load_nifti
+from dqe.models.preprocess import build_views
+from dqe.models.qc.brain import brain_mask_full
+from dqe.models.qc.failures import FAILURE_MODES, applicable_modes, generate_failure
+from dqe.training.data import read_ratings
+from dqe.training.evaluate import pearson
+from dqe.training.model import released_weights
+from dqe.training.trainer import RunError, train
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -196,8 +209,6 @@ def read_cases(path: str | Path) -> list[FinetuneCase]:
     """
     import pandas as pd
 
-    from dqe.models.errors import InvalidInput, NotFound
-
     path = Path(path)
     if not path.is_file():
         raise NotFound(f"cases table {str(path)!r} does not exist", field="cases")
@@ -251,20 +262,14 @@ def make_candidates(case: FinetuneCase, options: FinetuneOptions, out_dir: Path)
     """The candidates of one exam with their metrics against the reference; failures are written as NIfTI
     under ``out_dir/<exam_id>/``. Each entry: ``exam_id, segmentation, kind (reference|candidate|failure),
     failure_mode, seed`` + the metric columns."""
-    from dqe.models.case import Case
-    from dqe.models.qc.failures import FAILURE_MODES, applicable_modes, generate_failure
 
     ref_case = Case.from_files(**case.images, segmentation=case.reference, case_id=case.exam_id)  # type: ignore[arg-type]
     ref = ref_case.labels
     spacing = _spacing(ref_case.segmentation.affine)
     brain = None
     if case.brain_mask is not None:
-        from dqe.models.nifti import load_nifti
-
         brain = load_nifti(case.brain_mask, "brain_mask").values() > 0
     else:
-        from dqe.models.qc.brain import brain_mask_full
-
         brain = brain_mask_full(ref_case.images)
     entries: list[dict[str, Any]] = []
 
@@ -312,12 +317,6 @@ def teacher_stars(
 ) -> dict[str, list[float]]:
     """The released model's per-view stars for each segmentation in ``rows`` (torch, reference contract)."""
     import torch
-
-    from dqe.models.case import Case
-    from dqe.models.contract import CONTRACT_V1
-    from dqe.models.network import load_network
-    from dqe.models.preprocess import build_views
-    from dqe.training.model import released_weights
 
     net = load_network(released_weights())
     out: dict[str, list[float]] = {}
@@ -412,7 +411,6 @@ def heldout_criteria(
 ) -> pd.DataFrame:
     """Per held-out segmentation: its 3-view mean stars (``pred``) joined with its candidate row (kind,
     failure mode, metric stars). ``preds`` is a run's ``eval*/predictions.csv``."""
-    from dqe.training.data import read_ratings
 
     segs = read_ratings(ratings_table).drop_duplicates("seg_key").set_index("seg_key")["segmentation"]
     mean = preds.groupby("seg_key")["pred"].mean()
@@ -428,7 +426,6 @@ def summarize_heldout(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, An
     algorithm) vs generated failure; ``good`` / ``fail``: mean stars; ``drift``: mean |after - before| of
     the good segmentations.
     """
-    from dqe.training.evaluate import pearson
 
     out: dict[str, Any] = {}
     for tag, frame in (("before", before), ("after", after)):
@@ -497,8 +494,6 @@ def finetune(
     import json
 
     import pandas as pd
-
-    from dqe.training.trainer import RunError, train
 
     run_dir = Path(run_dir)
     if (run_dir / "config.yaml").is_file():

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dqe.models.network import build_network, load_state_dict
+from dqe.models.registry import DEFAULT_MODEL_ID, get_entry, locate_weights
 from dqe.training.config import ModelConfig, OptimConfig
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,6 @@ RELEASED = "released"
 
 def released_weights() -> Path:
     """The checksum-verified weights file of the published default model."""
-    from dqe.models.registry import DEFAULT_MODEL_ID, get_entry, locate_weights
 
     return locate_weights(get_entry(DEFAULT_MODEL_ID))
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dqe.models.contract import PreprocessingContract
+from dqe.models.export import export_model
 from dqe.models.registry import WeightsEntry, register, sha256_file
 from dqe.training.trainer import CHECKPOINT, WEIGHTS, RunError
 
@@ -68,8 +70,6 @@ def publish_run(
         ParityError: ONNX Runtime does not reproduce torch; nothing is published.
         ValueError: ``model_id`` is not a plain name.
     """
-    from dqe.models.contract import PreprocessingContract
-    from dqe.models.export import export_model
 
     run_dir = Path(run_dir)
     weights = run_weights(run_dir)

@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from dqe.models.contract import PreprocessingContract
+from dqe.models.registry import sha256_file
 from dqe.training.config import TrainConfig, build_contract, from_dict, save_config
 from dqe.training.data import (
     ViewBank,
@@ -49,6 +50,7 @@ from dqe.training.data import (
 from dqe.training.evaluate import format_metrics, regression_metrics, summarize, write_report
 from dqe.training.model import SplitNetwork, build_model, build_optimizer, init_path, resolve_device
 from dqe.training.provenance import now, provenance, seed_everything
+from dqe.training.synthetic import synthetic_ratings
 from dqe.training.transforms import Pipeline, build_pipeline
 
 if TYPE_CHECKING:
@@ -95,8 +97,6 @@ class RunData:
 def ratings_path(cfg: TrainConfig, run_dir: Path) -> Path:
     """The ratings table of a run, generating the synthetic one on first use."""
     if cfg.data.synthetic is not None:
-        from dqe.training.synthetic import synthetic_ratings
-
         folder = run_dir / "data"
         table = folder / "ratings.csv"
         if not table.is_file():
@@ -188,7 +188,6 @@ def weights_digest(cfg: TrainConfig) -> str | None:
     path = init_path(cfg.model.init)
     if path is None or cfg.model.freeze_until is None:
         return None
-    from dqe.models.registry import sha256_file
 
     text = json.dumps(
         [sha256_file(path), cfg.model.architecture, cfg.model.freeze_until, cfg.contract.labels],

@@ -57,7 +57,7 @@ class Context:
         self.case = case
         self.step = _adaptive_step(case.labels, step)
         zooms = tuple(float(z) for z in case.segmentation.zooms[:3])
-        self.zooms = zooms if all(z > 0 for z in zooms) else (1.0, 1.0, 1.0)
+        self.zooms = zooms if all(np.isfinite(z) and z > 0 for z in zooms) else (1.0, 1.0, 1.0)
         self.voxel_ml = float(np.prod(self.zooms)) / 1000.0
         self.sample_ml = self.voxel_ml * self.step**3
         self.spacing_mm = np.asarray(self.zooms) * self.step

@@ -19,16 +19,18 @@ cannot run raises :class:`dqe.models.errors.UnsupportedMode`; nothing falls back
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from dqe.models.errors import UnsupportedMode
+from dqe.service.backends.config import GPU_PROVIDERS, EngineConfig, Plan
+from dqe.service.backends.openvino import OpenVinoBackend
+from dqe.service.backends.ort import OrtBackend, OrtDeviceBackend
+from dqe.service.hardware import detect
 
 if TYPE_CHECKING:
     from dqe.models.artifacts import ModelArtifacts
-    from dqe.service.engine import EngineConfig
     from dqe.service.hardware import Hardware
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -41,7 +43,6 @@ PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
     "openvino": "OpenVINOExecutionProvider",
 }
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # fp32 leaves TensorRT out of "auto": TensorRT builds fp32 engines with TF32 on Ampere and later, which
 # breaks the 1e-4-star parity promise. Name it explicitly to use it anyway.
 AUTO_ORDER_FP32 = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -86,20 +87,6 @@ class Backend(Protocol):
     def run(self, batch: np.ndarray) -> np.ndarray: ...
 
     def describe(self) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What will run: backend, precision, ONNX Runtime providers (empty for OpenVINO) and why."""
-
-    backend: str
-    precision: str
-    providers: tuple[str, ...]
-    reason: str
-
-    @property
-    def on_gpu(self) -> bool:
-        return any(p in GPU_PROVIDERS for p in self.providers)
 
 
 def _is_auto(requested: Sequence[str]) -> bool:
@@ -238,7 +225,6 @@ def make_backend(artifacts: ModelArtifacts, config: EngineConfig, hw: Hardware |
         UnsupportedMode: see :func:`plan_backend`; also when a GPU provider is compiled in but the session
             could not actually use it (no device or driver).
     """
-    from dqe.service.hardware import detect
 
     if hw is None:
         # ONNX Runtime fp32 never consults OpenVINO: skip importing it on the default path.
@@ -246,13 +232,8 @@ def make_backend(artifacts: ModelArtifacts, config: EngineConfig, hw: Hardware |
         hw = detect(probe_openvino=needs_openvino)
     plan = plan_backend(config, hw)
     if plan.backend == "openvino":
-        from dqe.service.backends.openvino import OpenVinoBackend
-
         return OpenVinoBackend(artifacts, config, plan)
     if plan.on_gpu:
-        from dqe.service.backends.ort import OrtDeviceBackend
-
         return OrtDeviceBackend(artifacts, config, plan)
-    from dqe.service.backends.ort import OrtBackend
 
     return OrtBackend(artifacts, config, plan)

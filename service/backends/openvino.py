@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dqe.models.errors import UnsupportedMode
-from dqe.service.backends import Plan
+from dqe.service.backends.config import Plan
 
 if TYPE_CHECKING:
     from dqe.models.artifacts import ModelArtifacts
-    from dqe.service.engine import EngineConfig
+    from dqe.service.backends.config import EngineConfig
 
 logger = logging.getLogger(__name__)
 

@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dqe.models.errors import UnsupportedMode
-from dqe.service.backends import GPU_PROVIDERS, Plan
+from dqe.service.backends.config import GPU_PROVIDERS, Plan
 
 if TYPE_CHECKING:
     from dqe.models.artifacts import ModelArtifacts
-    from dqe.service.engine import EngineConfig
+    from dqe.service.backends.config import EngineConfig
 
 logger = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dqe.models import errors
 from dqe.models.case import MODALITIES, NIFTI_SUFFIXES, discover_files
 from dqe.models.errors import DQEError, InvalidInput, NotFound
 
@@ -152,7 +153,6 @@ def _error_json(exc: DQEError | None) -> dict[str, Any] | None:
 def _error_from_json(data: dict[str, Any] | None) -> DQEError | None:
     if data is None:
         return None
-    from dqe.models import errors
 
     cls = getattr(errors, data["kind"], DQEError)
     if not (isinstance(cls, type) and issubclass(cls, DQEError)):

@@ -20,6 +20,8 @@ from dqe.models.case import MODALITIES, Case
 from dqe.models.errors import DQEError, EmptySegmentation
 from dqe.models.nifti import Volume, load_nifti
 from dqe.service.batch.dataset import CaseSpec, SegJob
+from dqe.service.batch.metrics import segmentation_metrics
+from dqe.service.batch.mosaic import render_mosaic
 
 if TYPE_CHECKING:
     from dqe.service.engine import Engine
@@ -116,8 +118,6 @@ def prepare_seg(
         if reference is not None:
             out.metrics = _metrics(case, reference, options, out.warnings)
         if options.mosaic:
-            from dqe.service.batch.mosaic import render_mosaic
-
             out.png = render_mosaic(case.images, case.labels, out.com, engine.contract.views, reference)
         if options.keep_case:
             out.case = case
@@ -133,7 +133,6 @@ def prepare_seg(
 def _metrics(
     case: Case, reference: np.ndarray, options: PrepareOptions, warnings: list[str]
 ) -> dict[str, float] | None:
-    from dqe.service.batch.metrics import segmentation_metrics
 
     try:
         return segmentation_metrics(

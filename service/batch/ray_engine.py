@@ -37,6 +37,7 @@ import numpy as np
 from dqe.service.batch.dataset import CaseSpec
 from dqe.service.batch.prepare import PrepareOptions, prepare_case
 from dqe.service.batch.scoring import load_gate, score_prepared
+from dqe.service.engine import Engine
 
 if TYPE_CHECKING:
     from dqe.service.engine import EngineConfig
@@ -67,7 +68,6 @@ class ScorerActor:
     ) -> None:
         for key, value in (env or {}).items():
             os.environ.setdefault(key, value)
-        from dqe.service.engine import Engine
 
         self.engine = Engine(engine_config)
         self.options = PrepareOptions(**options)

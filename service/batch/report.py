@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dqe.service.batch import figures
 from dqe.service.batch.writer import atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -154,7 +155,6 @@ def _card(r: Any, rank: int, png_dir: Path) -> str:
 
 
 def _plots(df: pd.DataFrame, png_dir: Path) -> list[str]:
-    from dqe.service.batch import figures
 
     out = []
     specs: list[tuple[str, str, Any]] = [

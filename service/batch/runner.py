@@ -18,10 +18,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from dqe.models.artifacts import ensure_model
+from dqe.models.errors import InvalidInput
 from dqe.service.batch.dataset import CaseSpec, Dataset, discover_dataset
 from dqe.service.batch.journal import Journal
+from dqe.service.batch.pipeline import run_local
 from dqe.service.batch.prepare import PrepareOptions
-from dqe.service.batch.writer import atomic_write_bytes, safe_name
+from dqe.service.batch.ray_engine import run_ray
+from dqe.service.batch.report import write_report
+from dqe.service.batch.scoring import load_gate
+from dqe.service.batch.summary import build_summary, score_table
+from dqe.service.batch.writer import atomic_write_bytes, safe_name, write_json, write_table
+from dqe.service.engine import Engine, EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -136,9 +144,6 @@ def run_batch(
             recorded in the ``error`` column instead).
         ModelNotReady, IntegrityError, UnsupportedMode: the model cannot be loaded as configured.
     """
-    from dqe.models.artifacts import ensure_model
-    from dqe.service.batch.scoring import load_gate
-    from dqe.service.engine import EngineConfig
 
     t0 = time.perf_counter()
     opts = options or BatchOptions()
@@ -188,8 +193,6 @@ def _engine_stream(
     if not specs:
         return iter(())
     if opts.engine == "ray":
-        from dqe.service.batch.ray_engine import run_ray
-
         return run_ray(
             specs,
             cfg,
@@ -201,11 +204,7 @@ def _engine_stream(
             address=opts.ray_address,
         )
     if opts.engine != "local":
-        from dqe.models.errors import InvalidInput
-
         raise InvalidInput(f"engine {opts.engine!r} is not one of ['local', 'ray']", field="engine")
-    from dqe.service.batch.pipeline import run_local
-    from dqe.service.engine import Engine
 
     engine = Engine(cfg)
     return run_local(specs, engine, prep, gate_fn, workers=opts.workers, prefetch=opts.prefetch, extra=extra)
@@ -220,9 +219,6 @@ def write_outputs(
     info_extra: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Rewrite ``scores.csv``/``.parquet``, ``summary.json`` and ``report.html`` from the journal."""
-    from dqe.service.batch.report import write_report
-    from dqe.service.batch.summary import build_summary, score_table
-    from dqe.service.batch.writer import write_json, write_table
 
     records = [
         journal.records[(j.case_id, j.team)] for j in dataset.jobs if (j.case_id, j.team) in journal.records

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dqe.models.errors import DQEError
+from dqe.models.qc.gate import evaluate_case
 from dqe.service.batch.prepare import PreparedCase, PreparedSeg, error_fields
 
 if TYPE_CHECKING:
@@ -35,16 +36,9 @@ GateFn = Callable[[Any, Any], Any]
 MAX_VIEWS_PER_RUN = 48
 
 
-def load_gate() -> GateFn | None:
-    """``dqe.models.qc.gate.evaluate_case`` when that module exists, else ``None`` (no verdicts)."""
-    try:
-        from dqe.models.qc.gate import evaluate_case
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("dqe.models.qc.gate", "dqe.models.qc"):
-            raise
-        logger.info("dqe.models.qc.gate is not installed: no gate verdicts")
-        return None
-    return evaluate_case  # type: ignore[no-any-return]
+def load_gate() -> GateFn:
+    """The QC gate's ``evaluate_case`` (part of the domain core, so always present)."""
+    return evaluate_case
 
 
 def _digest(view: np.ndarray) -> bytes:

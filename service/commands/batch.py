@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
+from dqe.models.errors import DQEError
 from dqe.service.commands.common import (
     EXIT_INVALID,
     add_engine_args,
@@ -12,6 +12,7 @@ from dqe.service.commands.common import (
     error_payload,
     print_json,
 )
+from dqe.service.settings import BatchSettings
 
 DESCRIPTION = """\
 Score a BraTS-style dataset: CASES_DIR holds one folder per case (four MR images, BraTS 2021/2023/Toolkit
@@ -48,9 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--workers",
+        dest="decode_workers",
         type=int,
-        default=int(os.environ.get("DQE_BATCH_WORKERS", "2")),
-        help="decoding threads (local) / actors (ray) (default 2)",
+        help="decoding threads (local) / actors (ray) (env DQE_DECODE_WORKERS, default 2)",
     )
     p.add_argument("--prefetch", type=int, default=1, help="prepared cases waiting for inference (default 1)")
     p.add_argument(
@@ -69,22 +70,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dqe.models.errors import DQEError
-    from dqe.service.batch import BatchOptions, run_batch
-
-    options = BatchOptions(
-        engine=args.engine,
-        gate=args.gate,
-        workers=max(1, args.workers),
-        prefetch=max(1, args.prefetch),
-        ray_concurrency=max(1, args.workers),
-        ray_address=args.ray_address,
-        nsd_tolerance_mm=args.nsd_tolerance,
-        images=not args.no_images,
-        report_images=max(0, args.report_images),
-        progress=not args.no_progress,
+    from dqe.service.batch import (  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+        BatchOptions,
+        run_batch,
     )
+
     try:
+        workers = BatchSettings.from_sources({"decode_workers": args.decode_workers}).decode_workers
+        options = BatchOptions(
+            engine=args.engine,
+            gate=args.gate,
+            workers=workers,
+            prefetch=max(1, args.prefetch),
+            ray_concurrency=workers,
+            ray_address=args.ray_address,
+            nsd_tolerance_mm=args.nsd_tolerance,
+            images=not args.no_images,
+            report_images=max(0, args.report_images),
+            progress=not args.no_progress,
+        )
         outcome = run_batch(
             args.cases_dir, args.submissions, args.out, args.labels, engine_config(args), options
         )

@@ -1,15 +1,25 @@
-"""Arguments and helpers shared by the commands that take a case (score, gate)."""
+"""Option builders and helpers shared by every command: case, engine, model, gate, client options; JSON output.
+
+Options default to ``None`` and are resolved in ``run()`` by the settings layer (:mod:`dqe.service.settings`),
+so flags win over ``DQE_*`` variables and a bad variable is a typed error of the command, never of ``--help``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from dqe.models.errors import DQEError, InvalidInput
+from dqe.models.qc.config import GateConfig
+from dqe.service.settings import ClientSettings, EngineSettings, Settings
 
 if TYPE_CHECKING:
     from dqe.models.case import Case
+    from dqe.models.qc.config import GateConfig
     from dqe.service.engine import EngineConfig
 
 EXIT_INVALID = 2
@@ -23,45 +33,125 @@ def add_case_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seg", "--segmentation", dest="seg", metavar="FILE", help="segmentation NIfTI file")
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> None:
+def _env_help(cls: type[Settings], name: str, what: str) -> str:
+    return f"{what} (env {cls.env_name(name)}, default {cls.default(name)!r})"
+
+
+def add_model_arg(parser: argparse.ArgumentParser) -> None:
+    """``--model ID`` (env ``DQE_MODEL``; default the reference model)."""
     parser.add_argument(
-        "--model", default=os.environ.get("DQE_MODEL"), help="model id (default: the reference model)"
+        "--model", dest="model_id", metavar="ID", help=_env_help(EngineSettings, "model_id", "model id")
     )
+
+
+def model_id(args: argparse.Namespace) -> str:
+    """The model id from ``--model``, ``DQE_MODEL`` or the default."""
+    return EngineSettings.from_sources({"model_id": getattr(args, "model_id", None)}).model_id
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """Model and runtime options for commands that score in-process (values resolved in ``run()``)."""
+    add_model_arg(parser)
     parser.add_argument(
         "--providers",
-        default=os.environ.get("DQE_PROVIDERS", "auto"),
-        help="comma-separated execution providers: auto, tensorrt, cuda, cpu (default: auto)",
+        help=_env_help(
+            EngineSettings, "providers", "comma-separated execution providers: auto, tensorrt, cuda, cpu"
+        ),
     )
     parser.add_argument(
         "--precision",
-        default=os.environ.get("DQE_PRECISION", "fp32"),
-        help="fp32 (default, reference parity), bf16 or fp16 where the hardware supports it, "
-        "or auto (the fastest mode this machine runs)",
+        help=_env_help(
+            EngineSettings,
+            "precision",
+            "fp32 (reference parity), bf16 or fp16 where the hardware supports it, or auto",
+        ),
     )
     parser.add_argument(
-        "--backend",
-        default=os.environ.get("DQE_BACKEND", "auto"),
-        help="auto (by precision), onnxruntime or openvino (env DQE_BACKEND)",
+        "--backend", help=_env_help(EngineSettings, "backend", "auto (by precision), onnxruntime or openvino")
     )
+    add_threads_arg(parser)
+
+
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
+        dest="intra_op_threads",
         type=int,
-        default=int(os.environ.get("DQE_THREADS", "0")),
-        help="intra-op threads (0 = all cores)",
+        help=_env_help(EngineSettings, "intra_op_threads", "intra-op threads, 0 = all cores"),
     )
+
+
+def engine_settings(args: argparse.Namespace) -> EngineSettings:
+    """Engine settings from the command line, ``DQE_*`` and defaults.
+
+    Raises:
+        InvalidInput: a value cannot be parsed (names the flag or variable).
+    """
+    names = [f.name for f in dataclasses.fields(EngineSettings)]
+    return EngineSettings.from_sources({n: getattr(args, n, None) for n in names})
 
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
-    from dqe.models.registry import DEFAULT_MODEL_ID
-    from dqe.service.engine import EngineConfig
+    """The :class:`EngineConfig` of :func:`engine_settings`."""
+    return engine_settings(args).engine_config()  # type: ignore[no-any-return]
 
-    return EngineConfig(
-        model_id=args.model or DEFAULT_MODEL_ID,
-        providers=tuple(p.strip() for p in args.providers.split(",") if p.strip()),
-        precision=args.precision,
-        backend=args.backend,
-        intra_op_threads=args.threads,
+
+def add_parity_case_arg(parser: argparse.ArgumentParser) -> None:
+    """``--parity-case DIR`` (repeatable): extra real cases for the ONNX export parity check."""
+    parser.add_argument(
+        "--parity-case",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="extra real case folder for the parity check (repeatable)",
     )
+
+
+def add_star_threshold_arg(parser: argparse.ArgumentParser) -> None:
+    """``--star-threshold S``: the QC gate reviews below this many stars."""
+
+    parser.add_argument(
+        "--star-threshold",
+        type=float,
+        default=None,
+        help=f"review below this many stars (default {GateConfig().star_threshold:g})",
+    )
+
+
+def gate_config(args: argparse.Namespace) -> GateConfig:
+    """The QC gate settings ``--star-threshold`` asks for."""
+
+    if getattr(args, "star_threshold", None) is None:
+        return GateConfig()
+    return GateConfig(star_threshold=args.star_threshold)
+
+
+def add_remote_args(parser: argparse.ArgumentParser) -> None:
+    """Deadline, retry and credential options of commands that call a server."""
+    parser.add_argument(
+        "--deadline",
+        dest="deadline_s",
+        type=float,
+        metavar="S",
+        help=_env_help(ClientSettings, "deadline_s", "overall deadline in seconds, retries included"),
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        help=_env_help(ClientSettings, "retries", "retries on UNAVAILABLE, with backoff"),
+    )
+    parser.add_argument("--token", help="bearer token (env DQE_TOKEN)")
+
+
+def client_settings(args: argparse.Namespace) -> ClientSettings:
+    """Client settings from the command line, ``DQE_*`` and defaults.
+
+    Raises:
+        InvalidInput: a value cannot be parsed (names the flag or variable).
+    """
+    names = [f.name for f in dataclasses.fields(ClientSettings)]
+    return ClientSettings.from_sources({n: getattr(args, n, None) for n in names})
 
 
 def case_files(args: argparse.Namespace) -> dict[str, str] | None:
@@ -77,8 +167,10 @@ def load_case(args: argparse.Namespace) -> Case:
     Raises:
         InvalidInput: neither a folder nor all five files were given.
     """
-    from dqe.models.case import Case, discover_files
-    from dqe.models.errors import InvalidInput
+    from dqe.models.case import (  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+        Case,
+        discover_files,
+    )
 
     files = case_files(args)
     if files is not None:
@@ -91,8 +183,6 @@ def load_case(args: argparse.Namespace) -> Case:
             found[name] = getattr(args, name)
     if args.seg:
         found["segmentation"] = args.seg
-    from pathlib import Path
-
     return Case.from_files(**found, case_id=Path(args.case_dir).name)  # type: ignore[arg-type]
 
 
@@ -102,7 +192,6 @@ def print_json(data: Any) -> None:
 
 
 def error_payload(exc: BaseException) -> dict[str, Any]:
-    from dqe.models.errors import DQEError
 
     if isinstance(exc, DQEError):
         return {"error": {"code": exc.code, "kind": exc.kind, "field": exc.field, "message": exc.message}}

@@ -6,20 +6,20 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from dqe.models.errors import DQEError, EmptySegmentation
 from dqe.service.commands.common import (
     EXIT_INVALID,
     add_case_args,
     add_engine_args,
+    add_star_threshold_arg,
     engine_config,
     error_payload,
+    gate_config,
     load_case,
     print_json,
 )
-
-if TYPE_CHECKING:
-    from dqe.models.qc.config import GateConfig
+from dqe.service.gate_eval import evaluate_list
 
 EXIT_PASS, EXIT_FAIL, EXIT_REVIEW = 0, 1, 3
 
@@ -35,9 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_case_args(p)
     add_engine_args(p)
-    p.add_argument(
-        "--star-threshold", type=float, default=None, help="review below this many stars (default 3.0)"
-    )
+    add_star_threshold_arg(p)
     p.set_defaults(func=run)
 
     e = sub.add_parser(
@@ -52,29 +50,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("list_csv", type=Path, metavar="LIST.csv")
     e.add_argument("--out", type=Path, default=Path("gate-eval"), help="output folder (default ./gate-eval)")
     add_engine_args(e)
-    e.add_argument(
-        "--star-threshold", type=float, default=None, help="review below this many stars (default 3.0)"
-    )
+    add_star_threshold_arg(e)
     e.add_argument("--no-plot", action="store_true", help="skip the ROC plot (no matplotlib needed)")
     e.set_defaults(func=run_eval)
 
 
-def _config(args: argparse.Namespace) -> GateConfig:
-    from dqe.models.qc.config import GateConfig
-
-    if args.star_threshold is None:
-        return GateConfig()
-    return GateConfig(star_threshold=args.star_threshold)
-
-
 def run(args: argparse.Namespace) -> int:
-    from dqe.models.errors import DQEError, EmptySegmentation
-    from dqe.models.qc.gate import EXIT_CODES, empty_segmentation_result, evaluate_case
+    from dqe.models.qc.gate import (  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+        EXIT_CODES,
+        empty_segmentation_result,
+        evaluate_case,
+    )
 
     t0 = time.perf_counter()
-    cfg = _config(args)
+    cfg = gate_config(args)
     try:
-        from dqe.service.engine import Engine
+        from dqe.service.engine import (  # lazy: onnxruntime + NIfTI stack load when a model is run, not when a command is parsed
+            Engine,  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+        )
 
         engine = Engine(engine_config(args))
         t1 = time.perf_counter()
@@ -111,12 +104,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from dqe.models.errors import DQEError
-    from dqe.service.gate_eval import evaluate_list
 
     try:
         summary = evaluate_list(
-            args.list_csv, args.out, engine_config(args), _config(args), plot=not args.no_plot
+            args.list_csv, args.out, engine_config(args), gate_config(args), plot=not args.no_plot
         )
     except DQEError as exc:
         print_json(error_payload(exc))

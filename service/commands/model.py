@@ -6,25 +6,31 @@ import argparse
 import os
 from pathlib import Path
 
-from dqe.service.commands.common import EXIT_INVALID, error_payload, print_json
+from dqe.models.artifacts import ensure_model, model_home
+from dqe.models.errors import DQEError, InvalidInput, ModelNotReady
+from dqe.models.registry import REGISTRY
+from dqe.service.commands.common import (
+    EXIT_INVALID,
+    add_model_arg,
+    add_parity_case_arg,
+    add_threads_arg,
+    engine_settings,
+    error_payload,
+    model_id,
+    print_json,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="export / inspect models in the model home ($DQE_HOME)")
     msub = p.add_subparsers(dest="model_command", metavar="ACTION")
     e = msub.add_parser("export", help="export a registered model to ONNX, verify parity, publish it")
-    e.add_argument("--model", default=None, help="model id (default: the reference model)")
+    add_model_arg(e)
     e.add_argument("--force", action="store_true", help="rebuild even if already published")
-    e.add_argument(
-        "--parity-case",
-        action="append",
-        default=[],
-        type=Path,
-        help="extra real case folder for the parity check",
-    )
+    add_parity_case_arg(e)
     e.set_defaults(func=run_export)
     i = msub.add_parser("info", help="print a published model's card and contract")
-    i.add_argument("--model", default=None)
+    add_model_arg(i)
     i.set_defaults(func=run_info)
     c = msub.add_parser(
         "calibrate-precision",
@@ -35,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "stars into card.json under precision_errors. Exit 0 when every mode is within --budget, 1 otherwise."
         ),
     )
-    c.add_argument("--model", default=None)
+    add_model_arg(c)
     c.add_argument(
         "--data",
         type=Path,
@@ -43,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="folder of real cases (default: $DQE_SHARED_DATA)",
     )
     c.add_argument("--modes", default="", help="comma-separated modes (default: every mode available here)")
-    c.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = all cores)")
+    add_threads_arg(c)
     c.add_argument(
         "--budget", type=float, default=0.01, help="largest acceptable |delta| in stars (default 0.01)"
     )
@@ -55,18 +61,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from dqe.models.errors import DQEError
-    from dqe.models.registry import DEFAULT_MODEL_ID
 
     try:
-        import contextlib
-        import sys
-
-        from dqe.models.export import export_model
-
-        # torch.onnx prints progress on stdout; keep stdout for this command's JSON.
-        with contextlib.redirect_stdout(sys.stderr):
-            art = export_model(args.model or DEFAULT_MODEL_ID, force=args.force, extra_cases=args.parity_case)
+        try:
+            from dqe.models.export import (  # lazy: torch (export extra only): never loaded by the server or the client
+                export_model,  # lazy: torch (export/train extras only): keeps the CLI, the server and the client torch-free
+            )
+        except ImportError as exc:
+            raise ModelNotReady(
+                f"export needs torch, MONAI and the reference package ({exc}); "
+                "run `pip install 'dqe-service[export]'`",
+                field="model",
+            ) from None
+        art = export_model(model_id(args), force=args.force, extra_cases=args.parity_case)
     except DQEError as exc:
         print_json(error_payload(exc))
         return EXIT_INVALID
@@ -75,12 +82,9 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from dqe.models.artifacts import ensure_model
-    from dqe.models.errors import DQEError
-    from dqe.models.registry import DEFAULT_MODEL_ID
 
     try:
-        art = ensure_model(args.model or DEFAULT_MODEL_ID, build=False)
+        art = ensure_model(model_id(args), build=False)
     except DQEError as exc:
         print_json(error_payload(exc))
         return EXIT_INVALID
@@ -96,8 +100,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from dqe.models.artifacts import model_home
-    from dqe.models.registry import REGISTRY
 
     home = model_home() / "models"
     published = sorted(p.name for p in home.iterdir() if (p / "card.json").is_file()) if home.is_dir() else []
@@ -106,10 +108,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from dqe.models.artifacts import ensure_model
-    from dqe.models.errors import DQEError, InvalidInput
-    from dqe.models.registry import DEFAULT_MODEL_ID
-    from dqe.service.backends.calibration import (
+    from dqe.service.calibration import (  # lazy: loads the runtime when the command runs: `dqe --help` stays instant
         available_modes,
         calibrate,
         discover_cases,
@@ -121,8 +120,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
             raise InvalidInput(
                 "give --data DIR (a folder of real cases) or set DQE_SHARED_DATA", field="data"
             )
-        model_id = args.model or DEFAULT_MODEL_ID
-        art = ensure_model(model_id, build=False)
+        mid = model_id(args)
+        art = ensure_model(mid, build=False)
         modes = [m.strip() for m in args.modes.split(",") if m.strip()] or available_modes()
         if not modes:
             raise InvalidInput("no fast precision mode is available on this machine", field="modes")
@@ -132,7 +131,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
                 f"no (images, segmentation) pairs found under {str(args.data)!r}", field="data"
             )
         source = f"{len(cases)} real segmentations under {Path(args.data).name}/"
-        entries = calibrate(modes, cases, model_id, args.threads, args.budget, source)
+        entries = calibrate(modes, cases, mid, engine_settings(args).intra_op_threads, args.budget, source)
         if not args.dry_run:
             write_precision_errors(art.directory, entries)
     except DQEError as exc:
@@ -140,7 +139,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print_json(
         {
-            "model_id": model_id,
+            "model_id": mid,
             "card": None if args.dry_run else str(art.directory / "card.json"),
             "cases": [c.name for c in cases],
             "precision_errors": entries,

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 from dqe.models.case import discover_files
 from dqe.models.errors import DQEError, InvalidInput
 from dqe.service.client import DQEClient
-from dqe.service.commands.common import EXIT_INVALID, case_files, error_payload, print_json
+from dqe.service.commands.common import EXIT_INVALID, case_files, client_settings, error_payload, print_json
 
 
 def client_from_args(args: argparse.Namespace) -> DQEClient:
     """A client from ``dqe score``'s ``--server``/``--tls-*``/``--token``/``--deadline`` options."""
-    token = getattr(args, "token", None) or os.environ.get("DQE_TOKEN") or None
+    settings = client_settings(args)
     return DQEClient(
         args.server,
         tls=bool(getattr(args, "tls", False)),
@@ -23,9 +22,9 @@ def client_from_args(args: argparse.Namespace) -> DQEClient:
         client_cert=getattr(args, "tls_cert", None),
         client_key=getattr(args, "tls_key", None),
         server_name=getattr(args, "tls_server_name", None),
-        token=token,
-        deadline_s=float(getattr(args, "deadline", None) or 120.0),
-        retries=3 if getattr(args, "retries", None) is None else int(args.retries),
+        token=settings.token or None,
+        deadline_s=settings.deadline_s,
+        retries=settings.retries,
     )
 
 

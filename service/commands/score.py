@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import time
 
+from dqe.models.errors import DQEError
 from dqe.service.commands.common import (
     EXIT_INVALID,
     add_case_args,
     add_engine_args,
+    add_remote_args,
     engine_config,
     error_payload,
     load_case,
@@ -29,13 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--gate", action="store_true", help="also run the QC gate and include its verdict")
     remote = p.add_argument_group("with --server")
-    remote.add_argument(
-        "--deadline", type=float, default=120.0, metavar="S", help="overall deadline in seconds (default 120)"
-    )
-    remote.add_argument(
-        "--retries", type=int, default=3, help="retries on UNAVAILABLE, with backoff (default 3)"
-    )
-    remote.add_argument("--token", help="bearer token (default: $DQE_TOKEN)")
+    add_remote_args(remote)
     remote.add_argument(
         "--tls", action="store_true", help="use TLS, verifying the server with the system roots"
     )
@@ -55,15 +51,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dqe.models.errors import DQEError
 
     if args.server:
-        from dqe.service.commands.remote import score_command
+        from dqe.service.commands.remote import (  # lazy: grpc loads only for --server
+            score_command,  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+        )
 
         return score_command(args)
     t0 = time.perf_counter()
     try:
-        from dqe.service.engine import Engine
+        from dqe.service.engine import (  # lazy: onnxruntime + NIfTI stack load when a model is run, not when a command is parsed
+            Engine,  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+        )
 
         engine = Engine(engine_config(args))
         t1 = time.perf_counter()
@@ -71,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
         t2 = time.perf_counter()
         result = engine.score_case(case)
         if args.gate:
-            from dqe.models.qc.gate import evaluate_case
+            from dqe.models.qc.gate import (  # lazy: NIfTI stack (scipy) loads only when a case is gated
+                evaluate_case,  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+            )
 
             result.gate = evaluate_case(case, result)
         t3 = time.perf_counter()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from dqe.models.artifacts import find_model, model_home
+from dqe.models.errors import DQEError
 from dqe.service.commands.common import EXIT_INVALID, error_payload, print_json
+from dqe.service.settings import ServerConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -129,11 +132,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
     import signal
+    import sys
     import threading
 
-    from dqe.models.errors import DQEError
-    from dqe.service.serving.server import configure_logging, create_server
-    from dqe.service.settings import ServerConfig
+    from dqe.service.serving.server import (  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
+        configure_logging,
+        create_server,
+    )
 
     try:
         config = ServerConfig.from_sources(
@@ -141,6 +146,20 @@ def run(args: argparse.Namespace) -> int:
         )
     except DQEError as exc:
         print_json(error_payload(exc))
+        return EXIT_INVALID
+
+    try:
+        found = find_model(config.model_id)
+    except DQEError as exc:  # a model directory that fails its checksum
+        found, problem = None, exc.message
+    else:
+        problem = f"model {config.model_id!r} is not built in {str(model_home())!r}"
+    if found is None:
+        # The server never exports (that would load torch into it): one line saying how to build the model.
+        sys.stderr.write(
+            f"dqe serve: {problem}; build it with `dqe model export --model {config.model_id}` "
+            "(needs `pip install 'dqe-service[export]'`) or point DQE_HOME at a model home that has it\n"
+        )
         return EXIT_INVALID
     configure_logging(config.log_format, config.log_level)
     log = logging.getLogger("dqe.service.commands.serve")

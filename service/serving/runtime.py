@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
-from dqe.models.case import Case
 from dqe.models.errors import CallCancelled, DeadlineExpired, ModelNotReady
 from dqe.service.serving.batcher import DynamicBatcher
 from dqe.service.serving.paths import PathPolicy
@@ -20,7 +17,6 @@ from dqe.service.settings import ServerConfig
 if TYPE_CHECKING:
     import grpc
 
-    from dqe.models.result import ScoreResult
     from dqe.service.engine import Engine
 
 logger = logging.getLogger(__name__)
@@ -37,8 +33,6 @@ class Runtime:
     paths: PathPolicy
     engine: Engine | None = None
     batcher: DynamicBatcher | None = None
-    gate_unavailable: str = ""
-    _gate_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def ready(self) -> tuple[Engine, DynamicBatcher]:
         """The engine and batcher.
@@ -49,20 +43,6 @@ class Runtime:
         if self.engine is None or self.batcher is None:
             raise ModelNotReady("the model is loading or warming up; retry shortly", field="server")
         return self.engine, self.batcher
-
-    def gate_function(self) -> Callable[[Case, ScoreResult], Any] | None:
-        """``dqe.models.qc.gate.evaluate_case`` or ``None`` when this build has no gate (logged once)."""
-        try:
-            from dqe.models.qc.gate import evaluate_case
-        except ImportError as exc:
-            with self._gate_lock:
-                if not self.gate_unavailable:
-                    self.gate_unavailable = (
-                        f"QC gate is not available on this server ({exc}); gate fields left empty"
-                    )
-                    logger.warning("%s", self.gate_unavailable)
-            return None
-        return evaluate_case  # type: ignore[no-any-return]
 
 
 # gRPC reports "no deadline" as a huge time_remaining() (about 9.2e18 s, gpr_inf_future); anything beyond a

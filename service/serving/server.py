@@ -21,8 +21,10 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from dqe.models.artifacts import ensure_model
 from dqe.models.errors import InvalidInput
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
+from dqe.service.engine import Engine
 from dqe.service.serving.batcher import DynamicBatcher
 from dqe.service.serving.interceptor import REQUEST_ID, ServiceInterceptor
 from dqe.service.serving.paths import PathPolicy
@@ -123,9 +125,9 @@ class DQEServer:
         try:
             engine = self._engine
             if engine is None:
-                from dqe.service.engine import Engine
-
-                engine = Engine(self.config.engine_config())
+                # Never export here: that would import torch into the server (``dqe serve`` checks first).
+                artifacts = ensure_model(self.config.model_id, build=False)
+                engine = Engine(self.config.engine_config(), artifacts=artifacts)
             batcher = DynamicBatcher(
                 engine.run,
                 max_batch_size=self.config.max_batch_size,

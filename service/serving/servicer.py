@@ -21,12 +21,13 @@ import numpy as np
 
 from dqe.models.case import FIELDS, Case
 from dqe.models.errors import InvalidInput
+from dqe.models.qc.gate import evaluate_case
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
 from dqe.service.serving.interceptor import current_request_id
 from dqe.service.serving.runtime import CallInfo, Runtime
 from dqe.service.serving.streams import BatchStream
-from dqe.service.wire import model_ref, result_to_proto, views_from_tensor
+from dqe.service.wire import result_to_proto, views_from_tensor
 
 if TYPE_CHECKING:
     import grpc
@@ -34,6 +35,16 @@ if TYPE_CHECKING:
     from dqe.service.engine import Engine
 
 SERVICE_NAME = "dqe.v1.QualityEstimation"
+
+
+def model_ref(engine: Engine) -> pb.ModelRef:
+    return pb.ModelRef(
+        model_id=engine.model_id,
+        model_sha256=engine.model_sha256,
+        backend=engine.backend.name,
+        providers=list(engine.backend.providers),
+        precision=engine.config.precision,
+    )
 
 
 @dataclass
@@ -168,15 +179,11 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         timings.update({"queue": queue_ms, "inference": inference_ms})
         result = engine.result_from_stars(stars, prepared.com, prepared.warnings, timings, prepared.case_id)
         if run_gate and prepared.case is not None:
-            evaluate = self.rt.gate_function()
-            if evaluate is None:
-                result.warnings.append(self.rt.gate_unavailable)
-            else:
-                t0 = time.perf_counter()
-                result.gate = evaluate(prepared.case, result)
-                result.timings_ms["gate"] = (time.perf_counter() - t0) * 1e3
+            t0 = time.perf_counter()
+            result.gate = evaluate_case(prepared.case, result)
+            result.timings_ms["gate"] = (time.perf_counter() - t0) * 1e3
         result.timings_ms["server_total"] = (time.perf_counter() - start) * 1e3
-        return result_to_proto(result, engine, current_request_id())
+        return result_to_proto(result, model_ref(engine), current_request_id())
 
     def _infer(self, views: list[np.ndarray], call: CallInfo) -> tuple[np.ndarray, float, float]:
         """Stars for a case's views through the batcher (one item per distinct view shape)."""

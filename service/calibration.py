@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dqe.models.errors import DQEError
+from dqe.models.artifacts import CARD_NAME, ModelArtifacts
+from dqe.models.case import Case, classify_filename, discover_files
+from dqe.models.errors import DQEError, InvalidInput
+from dqe.models.registry import DEFAULT_MODEL_ID
+from dqe.service.backends import mode_config
+from dqe.service.engine import Engine, EngineConfig
+from dqe.service.hardware import detect
 
 if TYPE_CHECKING:
     from dqe.service.engine import Engine, EngineConfig
@@ -54,7 +60,6 @@ def discover_cases(root: str | Path) -> list[RealCase]:
     ``segmentation``/``fusion``/``outputs``/... beside it or beside its parent (BraTS Toolkit and BraTS
     output layouts). Folders that are not image sets (brain masks, atlases) are skipped.
     """
-    from dqe.models.case import classify_filename, discover_files
 
     root = Path(root)
     cases: list[RealCase] = []
@@ -86,7 +91,6 @@ def discover_cases(root: str | Path) -> list[RealCase]:
 
 def preprocessed_views(engine: Engine, cases: Sequence[RealCase]) -> np.ndarray:
     """``(n_cases, 3, C, H, W)`` float32 views of ``cases`` (decoded and preprocessed once)."""
-    from dqe.models.case import Case
 
     out = []
     for case in cases:
@@ -115,7 +119,6 @@ def error_stats(stars: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
 
 def available_modes() -> list[str]:
     """The non-reference modes this machine runs: ``fp32-openvino``, ``bf16``, ``fp16`` as supported."""
-    from dqe.service.hardware import detect
 
     hw = detect()
     modes = []
@@ -142,11 +145,6 @@ def calibrate(
         UnsupportedMode: a mode this machine cannot run.
         InvalidInput: no cases.
     """
-    from dqe.models.errors import InvalidInput
-    from dqe.models.registry import DEFAULT_MODEL_ID
-    from dqe.service.backends import mode_config
-    from dqe.service.engine import Engine, EngineConfig
-    from dqe.service.hardware import detect
 
     if not cases:
         raise InvalidInput("no real cases to calibrate on", field="cases")
@@ -221,7 +219,6 @@ def write_precision_errors(directory: str | Path, entries: dict[str, dict[str, A
             written).
         ModelNotReady: the directory is not a published model.
     """
-    from dqe.models.artifacts import CARD_NAME, ModelArtifacts
 
     directory = Path(directory)
     with _locked(directory):
