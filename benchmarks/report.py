@@ -321,8 +321,8 @@ def render_results(data: Mapping[str, Any]) -> str:
     if exam:
         out += [
             "",
-            f"### One exam from `.nii.gz`, and the network alone ({', '.join(exam['cases'])}; "
-            f"{exam['repeats_per_case']} samples per exam per side after a warm-up)",
+            f"### One exam from `.nii.gz`, and the network alone (exams: {', '.join(exam['cases'])}; "
+            f"samples per exam and side after a warm-up: {exam['repeats_per_case']})",
             "",
         ]
         rows = [
@@ -406,7 +406,7 @@ def render_results(data: Mapping[str, Any]) -> str:
     if cold:
         out += [
             "",
-            f"### Cold process to first score ({cold['reference']['wall_s']['n']} runs per side, alternated)",
+            f"### Cold process to first score (runs per side, alternated: {cold['reference']['wall_s']['n']})",
             "",
         ]
         rows = [["side", "command", "wall median s", "min–max s", "peak RSS median MiB", "× ref"]]
@@ -427,8 +427,8 @@ def render_results(data: Mapping[str, Any]) -> str:
     if batch:
         out += [
             "",
-            f"### Batch: {batch['segmentations']} segmentations of {batch['exams']} exams, "
-            f"{batch['passes']} passes per side",
+            f"### Batch (segmentations: {batch['segmentations']}, exams: {batch['exams']}, "
+            f"passes per side: {batch['passes']})",
             "",
         ]
         rows = [["side", "seg/s median", "min–max", "× ref", "peak RSS MiB", "max \\|Δ\\| stars vs ref"]]
@@ -516,7 +516,7 @@ def render_results(data: Mapping[str, Any]) -> str:
         share = gate.get("gate_over_score")
         out += [
             "",
-            f"### QC gate added time ({gate['segmentations']} segmentations × {gate['repeats']} rounds)",
+            f"### QC gate added time (segmentations: {gate['segmentations']}, rounds: {gate['repeats']})",
             "",
             _table(
                 [

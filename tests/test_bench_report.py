@@ -264,3 +264,28 @@ def test_cli_refuses_quick_json_with_exit_2(tmp_path: Path, capsys: pytest.Captu
     assert report.main([str(path), "--readme", str(readme), "--results", str(results)]) == 2
     assert "left unchanged" in capsys.readouterr().err
     assert readme.read_text() == README
+
+
+def test_normal_plan_meets_the_sample_rules() -> None:
+    run = _load("run")  # puts the repository root on sys.path for its own benchmarks imports
+    plan, quick = run.Plan(), run.QUICK
+    for field in (
+        "exam_repeats",
+        "cold_runs",
+        "batch_passes",
+        "gate_repeats",
+        "floor_repeats",
+        "grpc_sequential",
+    ):
+        assert getattr(plan, field) >= stats.MIN_REPEATS, field
+        assert getattr(quick, field) < stats.MIN_REPEATS, field  # quick really is reduced (and refused)
+    assert plan.grpc_concurrent >= stats.P99_MIN_SAMPLES  # so the concurrent p99 is printed
+    assert run.max_abs_delta({"a": [1.0, 2.0], "b": 3.0}, {"a": [1.5, 2.0], "b": 2.0, "c": 9.0}) == 1.0
+    assert run.max_abs_delta({"a": 1.0}, {"b": 1.0}) is None
+
+
+@pytest.mark.parametrize("name", ["README.md", "benchmarks/RESULTS.md"])
+def test_repository_files_have_one_generated_block(name: str) -> None:
+    """`make bench` can publish into the real files: exactly one marker pair, in order, each."""
+    text = (REPO / name).read_text()
+    assert report.replace_block(text, "X").count("\nX\n") == 1
