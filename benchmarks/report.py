@@ -30,6 +30,7 @@ END = "<!-- bench:end -->"
 NOT_AVAILABLE = "not available here"
 NOT_CALIBRATED = "not calibrated on this machine"
 TABLE_MODES = ("fp32", "bf16", "fp16")
+SECTIONS = ("exam", "floor", "cold", "batch", "grpc", "gate")  # every section of benchmarks/run.py
 P95_MIN, P99_MIN = 20, 100
 REPO = Path(__file__).resolve().parents[1]
 
@@ -316,6 +317,11 @@ def render_results(data: Mapping[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v)
         + "."
     )
+    times = ", ".join(
+        f"{k} {_num(v.get('section_s'))} s" for k, v in s.items() if v.get("section_s") is not None
+    )
+    if times:
+        out.append(f"Section wall times: {times}.")
     out += ["", "### Summary", "", _table(readme_rows(data))]
     exam = s.get("exam")
     if exam:
@@ -574,12 +580,20 @@ def replace_block(text: str, block: str) -> str:
 
 
 def check_publishable(data: Mapping[str, Any]) -> None:
-    """Raises ReportError: a quick run, or a JSON not written by ``benchmarks/run.py``."""
+    """Raises ReportError: a quick run, a run with a failed or missing section, or a JSON not written by
+    ``benchmarks/run.py``."""
     if data.get("schema") != "dqe-bench/1":
         raise ReportError(f"not a benchmarks/run.py report (schema {data.get('schema')!r})")
     if data.get("quick"):
         raise ReportError(
             "a --quick run is for smoke tests: run `make bench` without --quick to publish figures"
+        )
+    failed = sorted((data.get("errors") or {}).keys())
+    missing = [name for name in SECTIONS if name not in (data.get("sections") or {}) and name not in failed]
+    if failed or missing:
+        raise ReportError(
+            f"sections failed {failed} / not run {missing}: publish only a complete run, so that every "
+            "figure comes from the same run"
         )
 
 

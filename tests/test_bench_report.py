@@ -249,6 +249,12 @@ def test_quick_run_and_missing_markers_are_refused(tmp_path: Path) -> None:
     quick["quick"] = True
     with pytest.raises(report.ReportError, match="quick"):
         report.publish(quick, readme, results)
+    partial = copy.deepcopy(_synthetic())
+    del partial["sections"]["grpc"]
+    partial["errors"] = {"batch": "ChildFailed: boom"}
+    del partial["sections"]["batch"]
+    with pytest.raises(report.ReportError, match=r"failed \['batch'\] / not run \['grpc'\]"):
+        report.publish(partial, readme, results)
     results.write_text("# Results without markers\n")
     with pytest.raises(report.ReportError, match="exactly one"):
         report.publish(_synthetic(), readme, results)
@@ -280,6 +286,7 @@ def test_normal_plan_meets_the_sample_rules() -> None:
         assert getattr(plan, field) >= stats.MIN_REPEATS, field
         assert getattr(quick, field) < stats.MIN_REPEATS, field  # quick really is reduced (and refused)
     assert plan.grpc_concurrent >= stats.P99_MIN_SAMPLES  # so the concurrent p99 is printed
+    assert run.SECTIONS == report.SECTIONS  # the publisher requires exactly what the driver runs
     assert run.max_abs_delta({"a": [1.0, 2.0], "b": 3.0}, {"a": [1.5, 2.0], "b": 2.0, "c": 9.0}) == 1.0
     assert run.max_abs_delta({"a": 1.0}, {"b": 1.0}) is None
 
