@@ -107,7 +107,6 @@ def max_abs_delta(a: dict[str, Any], b: dict[str, Any]) -> float | None:
 def exam_section(
     plan: Plan, cases: list[tuple[str, dict[str, Path]]], modes: list[str], threads: int
 ) -> dict[str, Any]:
-    cases = cases[: plan.exam_cases or None]
     base = {"cases": _cases_json(cases), "repeats": plan.exam_repeats, "threads": threads}
     ref = run_child("exam", {**base, "side": "reference"}).result
     ours_run = run_child("exam", {**base, "side": "ours", "modes": modes})
@@ -350,7 +349,8 @@ def run(plan: Plan, sections: list[str], quick: bool, threads: int) -> dict[str,
     available = {m: v["available"] for m, v in machine["modes"].items()}
     exam_modes = [m for m in ("fp32", "fp32-openvino", "bf16", "fp16") if available.get(m)]
     batch_modes = [m for m in ("fp32", "bf16", "fp16") if available.get(m)]
-    exam_cases = bench_cases(Path(tempfile.gettempdir()) / "dqe-bench-phantoms")
+    # The same exams for the exam, cold and gRPC sections, so the gRPC ratios compare like with like.
+    exam_cases = bench_cases(Path(tempfile.gettempdir()) / "dqe-bench-phantoms")[: plan.exam_cases or None]
     data: dict[str, Any] = {
         "schema": SCHEMA,
         "quick": quick,
