@@ -50,7 +50,8 @@ proto-check: venv
 
 # One pytest process per area: torch (reference oracle, training), OpenVINO, Ray and gRPC each load native
 # thread pools; keeping them in separate processes avoids cross-library crashes seen in one long process.
-TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py" \
+TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py \
+	tests/test_bench_report.py" \
 	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" \
 	"tests/test_deploy.py"
 
@@ -60,12 +61,13 @@ test: model lint typecheck proto-check
 train-smoke: venv
 	$(BIN)/dqe train --config training/configs/smoke.yaml --out runs/smoke
 
+# One driver, one JSON report, one printed table; a full run then regenerates the speed blocks of README.md and
+# benchmarks/RESULTS.md from that JSON. `make bench BENCH_ARGS=--quick` is a smoke run that never publishes.
+BENCH_ARGS ?=
 bench: model
-	$(BIN)/python benchmarks/bench_core.py
-	$(BIN)/python benchmarks/bench_fast.py
-	$(BIN)/python benchmarks/bench_batch.py
-	$(BIN)/python benchmarks/bench_grpc.py
-	$(BIN)/python benchmarks/bench_gate.py
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS) --json benchmarks/out/bench.json
+	@case " $(BENCH_ARGS) " in *" --quick "*) echo "quick run: README.md and benchmarks/RESULTS.md left unchanged";; \
+		*) $(BIN)/python -m benchmarks.report benchmarks/out/bench.json;; esac
 
 gate-eval: model
 	$(BIN)/python benchmarks/build_gate_eval_list.py --out benchmarks/out/gate_eval
