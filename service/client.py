@@ -177,8 +177,10 @@ def channel_target(server: str) -> ChannelTarget:
         except OSError as exc:
             raise InvalidInput(f"server {host!r} does not resolve ({exc})", field="server") from None
         found4 = sorted({f"{i[4][0]}:{port}" for i in infos if i[0] == socket.AF_INET})
-        found6 = sorted({f"[{i[4][0]}]:{port}" for i in infos if i[0] == socket.AF_INET6})
-        v4.extend(found4) if found4 else v6.extend(found6)
+        if found4:
+            v4.extend(found4)
+        else:
+            v6.extend(sorted({f"[{i[4][0]}]:{port}" for i in infos if i[0] == socket.AF_INET6}))
     if v4 and v6:
         raise InvalidInput(
             f"server list {server!r} mixes IPv4 {v4} and IPv6 {v6} addresses; gRPC's static list takes one family",
@@ -330,7 +332,8 @@ class DQEClient:
         server_name: expected name in the server certificate when it differs from the target host.
         token: bearer token sent as ``authorization: Bearer <token>``.
         deadline_s: overall deadline per call, retries included, in seconds.
-        retries: extra attempts on UNAVAILABLE.
+        retries: extra attempts of a call on UNAVAILABLE or a server-side CANCELLED (see ``_retryable``);
+            for ``score_batch``, new streams in a row that answered nothing.
         backoff_s: first backoff; doubles per attempt (with +-20 % jitter).
         max_message_mb: largest request/response, in MiB.
         health_check: send new calls only to replicas whose health is SERVING (gRPC client-side health
@@ -422,11 +425,12 @@ class DQEClient:
         """
         budget = self.deadline_s if deadline_s is None else deadline_s
         end = time.monotonic() + budget
+        metadata = self._metadata()  # one request id for every attempt, so server logs tie them together
         attempt = 0
         while True:
             remaining = end - time.monotonic()
             try:
-                return method(request, timeout=max(remaining, 0.001), metadata=self._metadata())
+                return method(request, timeout=max(remaining, 0.001), metadata=metadata)
             except grpc.RpcError as err:
                 if not self._retryable(err) or attempt >= self.retries:
                     raise error_from_rpc(err) from None
@@ -580,11 +584,12 @@ class DQEClient:
         end = time.monotonic() + budget
         feed = _BatchFeed(requests)
         refused: dict[int, DQEError] = {}  # items answered UNAVAILABLE, to send again
+        metadata = self._metadata()
         fruitless = 0
         while True:
             messages, order = feed.new_attempt()
             stream = self.stub.ScoreBatch(
-                messages, timeout=max(end - time.monotonic(), 0.001), metadata=self._metadata()
+                messages, timeout=max(end - time.monotonic(), 0.001), metadata=metadata
             )
             progressed = False
             failure: grpc.RpcError | None = None
