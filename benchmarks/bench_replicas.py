@@ -21,8 +21,12 @@ With ``n = 1`` it also measures one exam at a time (sequential p50, the latency 
 idle replica). On a 2-core machine expect little or no gain from more replicas: they share the same two
 cores, and each one adds its own model copy and threads. Prints one JSON document on stdout.
 
+With ``--target`` it starts nothing and loads replicas that already run (the first check on a cluster: from a
+pod labelled ``dqe-client: "true"``, ``--target dns:///dqe-headless.dqe.svc.cluster.local:50051``); it then
+reports throughput and latency only (server CPU and memory: the pods' metrics).
+
 Usage: ``python benchmarks/bench_replicas.py [--replicas 1 2 3] [--requests 24] [--concurrency 4]
-[--latency-requests 8] [--threads 0] [--max-seconds 120] [--json OUT]``
+[--latency-requests 8] [--threads 0] [--max-seconds 120] [--json OUT] [--target T --token TOKEN]``
 """
 
 from __future__ import annotations
@@ -218,6 +222,19 @@ def run_config(
     return out
 
 
+def run_remote(
+    target: str, exams: list[tuple[str, dict[str, bytes]]], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Load replicas that are already running (a cluster): one exam at a time, then concurrently."""
+    from dqe.service.client import DQEClient
+
+    with DQEClient(target, deadline_s=600, retries=5, token=args.token) as client:
+        client.score_bytes(exams[0][1], case_id="warm")
+        seq = run_load(client, exams, args.latency_requests, 1, args.max_seconds)
+        res = run_load(client, exams, args.requests, args.concurrency or 8, args.max_seconds)
+    return {"target": target, "sequential": seq, **res}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 3])
@@ -232,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=24, help="server --max-batch-size (default 24)")
     p.add_argument("--max-seconds", type=float, default=120.0, help="cap per run (default 120)")
     p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument(
+        "--target",
+        help="load running replicas instead (e.g. dns:///dqe-headless.dqe.svc.cluster.local:50051): "
+        "throughput and latency only; server CPU and memory then come from Prometheus",
+    )
+    p.add_argument("--token", default=os.environ.get("DQE_TOKEN"), help="bearer token with --target")
     args = p.parse_args(argv)
 
     cases = bench_cases(Path(tempfile.gettempdir()) / "dqe-bench-phantoms")
@@ -245,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "runs": [],
     }
+    if args.target:
+        results["runs"].append(run_remote(args.target, exams, args))
+        print(json.dumps(results, indent=2, default=str))
+        return 0
     for n in args.replicas:
         print(f"# {n} replica(s) ...", file=sys.stderr)
         results["runs"].append(run_config(n, exams, args))
