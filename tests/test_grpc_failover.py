@@ -130,10 +130,14 @@ def test_round_robin_spreads_calls_and_skips_a_replica_that_is_not_serving(tiny:
     views = np.zeros((3, 7, 240, 240), dtype=np.float32)
     with servers([tiny] * 3) as trio, DQEClient(static_list(*(s.port for s in trio)), deadline_s=30) as c:
         assert c.health_checked and c.channel_target.startswith("ipv4:")
+        deadline = time.monotonic() + 10
+        while min(served(s, "GetModelInfo") for s in trio) == 0:  # until every replica is connected
+            assert time.monotonic() < deadline
+            c.model_info()
         for _ in range(30):
             c.score_views(views)
         spread = [served(s, "ScoreViews") for s in trio]
-        assert sum(spread) == 30 and min(spread) >= 5, spread  # round_robin, not pick_first
+        assert sum(spread) == 30 and min(spread) >= 8, spread  # round_robin (pick_first: 30/0/0)
         # Health NOT_SERVING (what warm-up and draining report): no new calls go there.
         trio[0].health.set(SERVICE, 2)  # NOT_SERVING
         deadline = time.monotonic() + 10
@@ -231,7 +235,8 @@ def test_sigkill_one_of_three_replicas_mid_200_calls_every_call_returns_once(
                 for _ in range(n // 3):  # a third of the calls answered: the victim is in the rotation
                     assert done.acquire(timeout=60)
                 t_end = time.monotonic() + 30
-                while _in_flight(metrics_port) < 1:  # kill it with calls in flight
+                # Kill it with calls in flight: the gauge also counts the client's health Watch stream (1).
+                while _in_flight(metrics_port) < 2:
                     assert time.monotonic() < t_end
                     time.sleep(0.005)
                 proc.kill()
