@@ -1,4 +1,4 @@
-"""A small client for the DQE gRPC service, and ``dqe score --server HOST:PORT``.
+"""A small client for the DQE gRPC service (one server or several replicas), used by ``dqe score --server``.
 
 >>> with DQEClient("localhost:50051", deadline_s=60) as client:      # doctest: +SKIP
 ...     remote = client.score_files("t1c.nii.gz", "t1.nii.gz", "t2.nii.gz", "flair.nii.gz", "seg.nii.gz")
@@ -10,11 +10,11 @@ gRPC's ``round_robin`` policy (one connection per replica, calls spread over tho
 several replicas, client-side health checking (a replica whose ``grpc.health.v1`` status is not SERVING, i.e.
 warming up or draining, gets no new calls); see :func:`channel_target`.
 
-Calls retry on UNAVAILABLE (server starting, warming up, draining or gone) with exponential backoff inside one
-overall deadline; with ``round_robin`` the retry goes to a replica that is still up. All four RPCs are
-idempotent (scoring has no side effect), so a retry can never change a result; each call still returns exactly
-once. A ``ScoreBatch`` stream that breaks with UNAVAILABLE is resumed on another replica with only the items
-not yet answered (see :meth:`DQEClient.score_batch`). Server errors come back as the same
+Calls retry on UNAVAILABLE (server starting, warming up, draining or gone) and on a CANCELLED the server sent
+(a shutdown past its grace) with exponential backoff inside one overall deadline; with ``round_robin`` the
+retry goes to a replica that is still up. All four RPCs are idempotent (scoring has no side effect), so a retry
+can never change a result; each call still returns exactly once. A ``ScoreBatch`` stream that breaks that way
+is resumed on another replica with only the items not yet answered (see :meth:`DQEClient.score_batch`). Server errors come back as the same
 :class:`dqe.models.errors.DQEError` subclasses local scoring raises (``code``, ``field`` and ``message``
 preserved). Importing this module loads neither torch nor onnxruntime, nibabel or scipy.
 """
@@ -640,7 +640,9 @@ class DQEClient:
             logger.info(
                 "batch stream to %s %s; resuming %d unanswered items in %.2f s",
                 self.target,
-                f"broke ({failure.details()})" if failure is not None else "refused items",  # type: ignore[attr-defined]
+                f"broke: {failure.code().name} ({failure.details()})"  # type: ignore[attr-defined]
+                if failure is not None
+                else "refused items",
                 len(feed.pending),
                 pause,
             )

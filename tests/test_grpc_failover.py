@@ -33,6 +33,7 @@ from dqe.service.client import DQEClient, channel_target
 from tests.grpc_support import (
     TINY_MODEL_ID,
     WrappedEngine,
+    make_certs,
     publish_tiny_model,
     read_bytes,
     running_server,
@@ -90,6 +91,15 @@ def servers(engines: list[Any], **overrides: Any) -> Iterator[list[Any]]:
         yield [stack.enter_context(running_server(e, **overrides)) for e in engines]
 
 
+def connect_all(client: DQEClient, replicas: list[Any]) -> None:
+    """Call until every replica answered once, i.e. the channel has a ready connection to each (calls made
+    earlier go to whichever replicas connected first)."""
+    deadline = time.monotonic() + 10
+    while min(served(s, "GetModelInfo") for s in replicas) == 0:
+        assert time.monotonic() < deadline, "not every replica became reachable"
+        client.model_info()
+
+
 def static_list(*ports: int) -> str:
     return ",".join(f"127.0.0.1:{p}" for p in ports)
 
@@ -130,10 +140,7 @@ def test_round_robin_spreads_calls_and_skips_a_replica_that_is_not_serving(tiny:
     views = np.zeros((3, 7, 240, 240), dtype=np.float32)
     with servers([tiny] * 3) as trio, DQEClient(static_list(*(s.port for s in trio)), deadline_s=30) as c:
         assert c.health_checked and c.channel_target.startswith("ipv4:")
-        deadline = time.monotonic() + 10
-        while min(served(s, "GetModelInfo") for s in trio) == 0:  # until every replica is connected
-            assert time.monotonic() < deadline
-            c.model_info()
+        connect_all(c, trio)
         for _ in range(30):
             c.score_views(views)
         spread = [served(s, "ScoreViews") for s in trio]
@@ -150,6 +157,27 @@ def test_round_robin_spreads_calls_and_skips_a_replica_that_is_not_serving(tiny:
                 break
         assert after[0] == before[0], (before, after)
         assert after[1] > before[1] and after[2] > before[2]
+
+
+def test_tls_with_a_static_list_verifies_every_replica_against_the_first_name(
+    tiny: Any, tmp_path: Path
+) -> None:
+    certs = make_certs(tmp_path / "certs")  # server certificate for localhost and 127.0.0.1
+    tls = {"tls_cert": str(certs["server.pem"]), "tls_key": str(certs["server.key"])}
+    with servers([tiny, tiny], **tls) as pair:
+        ports = [s.port for s in pair]
+        for target in (static_list(*ports), ",".join(f"localhost:{p}" for p in ports)):
+            with DQEClient(target, ca_cert=certs["ca.pem"], deadline_s=10, retries=0) as c:
+                assert all(c.model_info()["model_id"] == TINY_MODEL_ID for _ in range(4))
+            assert min(served(s, "GetModelInfo") for s in pair) > 0
+        with (
+            DQEClient(
+                static_list(*ports), ca_cert=tmp_path / "certs" / "rogue-ca.pem", deadline_s=3, retries=0
+            ) as rogue,
+            pytest.raises(DQEError) as info,
+        ):
+            rogue.model_info()  # a CA that did not sign the servers' certificate is refused
+        assert info.value.code == "UNAVAILABLE"
 
 
 # ---------------------------------------------------------------------------------------------- failover
@@ -256,6 +284,82 @@ def test_sigkill_one_of_three_replicas_mid_200_calls_every_call_returns_once(
     assert victim_ok > 0 and min(survivors) > 0, (victim_ok, survivors)
     assert survivors[0] + survivors[1] + victim_ok >= n
     assert retry_logs(caplog), "no call was retried: the kill did not hit a call in flight"
+
+
+def test_calls_cut_by_a_server_shutdown_are_retried_on_another_replica(
+    tiny: Any, cases: list[tuple[dict[str, bytes], Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``stop(0)`` cuts the calls a server holds (the client sees UNAVAILABLE or CANCELLED, depending on whether
+    the GOAWAY or the stream reset arrives first): they are answered by the other replica."""
+    caplog.set_level(logging.INFO, logger="dqe.service.client")
+    held = WrappedEngine(tiny)
+    with servers([held, tiny]) as (a, b):
+        held.gate.clear()  # calls routed to `a` wait inside its engine
+        with (
+            DQEClient(static_list(a.port, b.port), deadline_s=60, backoff_s=0.05) as client,
+            ThreadPoolExecutor(6) as pool,
+        ):
+            connect_all(client, [a, b])
+            futures = [pool.submit(client.score_bytes, cases[k][0], case_id=f"h-{k}") for k in range(6)]
+            deadline = time.monotonic() + 30
+            while a.metrics.in_flight._value.get() < 2:  # the health Watch stream + at least one call
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            a.stop(0)
+            held.gate.set()  # let its batcher thread go (its calls are already cancelled)
+            outcomes = [f.result() for f in futures]
+    for k, outcome in enumerate(outcomes):
+        assert outcome.mean_stars == cases[k][1].mean_stars and outcome.result.case_id == f"h-{k}"
+    assert retry_logs(caplog), "no call was cut: the stop did not hit a call in flight"
+
+
+@contextlib.contextmanager
+def cancelling_server() -> Iterator[int]:
+    """A real gRPC server whose ScoreViews always ends with the server cancelling the call; health SERVING."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
+
+    class Cancelling(pb_grpc.QualityEstimationServicer):
+        calls = 0
+
+        def ScoreViews(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+            Cancelling.calls += 1
+            context.cancel()
+            return pb.ScoreResponse()
+
+    server = grpc.server(ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", 64 << 20)])
+    pb_grpc.add_QualityEstimationServicer_to_server(Cancelling(), server)
+    checker = health.HealthServicer()
+    checker.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0)
+        assert Cancelling.calls > 0, "the cancelling server got no call"
+
+
+def test_a_call_the_server_cancels_is_retried_elsewhere_and_reported_when_retries_are_spent(
+    tiny: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dqe.service.client")
+    views = np.random.default_rng(3).random((3, 7, 240, 240), dtype=np.float32)
+    expected = tiny.score_views(views).mean_stars
+    with cancelling_server() as bad, servers([tiny]) as (good,):
+        with DQEClient(static_list(bad, good.port), deadline_s=30, backoff_s=0.05) as client:
+            stars = [client.score_views(views).mean_stars for _ in range(6)]
+        assert stars == [expected] * 6
+        assert any("CANCELLED" in m for m in retry_logs(caplog)), retry_logs(caplog)
+        with (
+            DQEClient(f"127.0.0.1:{bad}", deadline_s=10, retries=2, backoff_s=0.05) as alone,
+            pytest.raises(DQEError) as info,
+        ):
+            alone.score_views(views)
+        assert info.value.code == "CANCELLED"
 
 
 def test_score_batch_stream_resumes_on_another_replica_without_loss_or_duplicates(
