@@ -674,6 +674,9 @@ class DQEClient:
 
     def health(self, service: str = "", deadline_s: float = 5.0) -> str:
         """The server's health status name (``SERVING``, ``NOT_SERVING``, ``SERVICE_UNKNOWN``); not retried.
+        With several replicas it is the status of the one the call lands on; with health checking on, replicas
+        that are not SERVING get no calls, so the answer is SERVING or ModelNotReady: probe each replica with a
+        single-target client instead.
 
         Raises:
             DQEError: the server cannot be reached (UNAVAILABLE -> ModelNotReady).
