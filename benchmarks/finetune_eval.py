@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="remove previous fold runs (caches are kept)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("DQE_HOME", str(REPO / ".dqe-home"))
 
     import pandas as pd
     import torch

@@ -1,20 +1,33 @@
-"""A small client for the DQE gRPC service, and ``dqe score --server HOST:PORT``.
+"""A small client for the DQE gRPC service (one server or several replicas), used by ``dqe score --server``.
 
 >>> with DQEClient("localhost:50051", deadline_s=60) as client:      # doctest: +SKIP
 ...     remote = client.score_files("t1c.nii.gz", "t1.nii.gz", "t2.nii.gz", "flair.nii.gz", "seg.nii.gz")
 ...     remote.mean_stars
 
-Calls retry on UNAVAILABLE (server starting, warming up or draining) with exponential backoff inside one
-overall deadline. Server errors come back as the same :class:`dqe.models.errors.DQEError` subclasses local
-scoring raises (``code``, ``field`` and ``message`` preserved). Never imports torch.
+Several replicas: give a comma-separated list (``10.0.0.5:50051,10.0.0.6:50051``) or a resolver target
+(``dns:///dqe-headless.ns.svc:50051``, which resolves to every address behind the name). The channel uses
+gRPC's ``round_robin`` policy (one connection per replica, calls spread over those that are up) and, with
+several replicas, client-side health checking (a replica whose ``grpc.health.v1`` status is not SERVING, i.e.
+warming up or draining, gets no new calls); see :func:`channel_target`.
+
+Calls retry on UNAVAILABLE (server starting, warming up, draining or gone) and on a CANCELLED the server sent
+(a shutdown past its grace) with exponential backoff inside one overall deadline; with ``round_robin`` the
+retry goes to a replica that is still up. All four RPCs are idempotent (scoring has no side effect), so a retry
+can never change a result; each call still returns exactly once. A ``ScoreBatch`` stream that breaks that way
+is resumed on another replica with only the items not yet answered (see :meth:`DQEClient.score_batch`). Server errors come back as the same
+:class:`dqe.models.errors.DQEError` subclasses local scoring raises (``code``, ``field`` and ``message``
+preserved). Importing this module loads neither torch nor onnxruntime, nibabel or scipy.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import random
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -85,6 +98,109 @@ def error_from_rpc(err: grpc.RpcError) -> DQEError:
     )
 
 
+# ---------------------------------------------------------------------------------------------- targets
+RESOLVER_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
+SERVICE_NAME = "dqe.v1.QualityEstimation"
+
+
+@dataclass(frozen=True)
+class ChannelTarget:
+    """What a ``--server`` value becomes: the gRPC target, its TLS authority and whether it names replicas.
+
+    Attributes:
+        target: the gRPC channel target (``host:port``, ``ipv4:a:p,b:p``, ``ipv6:[a]:p,...``, ``dns:///...``).
+        authority: the ``:authority`` / TLS name to use, or ``None`` for gRPC's default.
+        balanced: several replicas were named (a list or a resolver scheme), so health checking is on.
+    """
+
+    target: str
+    authority: str | None = None
+    balanced: bool = False
+
+
+def _split_host_port(entry: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port).
+
+    Raises:
+        InvalidInput: no port, or a port outside 1-65535 (field ``server``).
+    """
+    host, sep, port_text = entry.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidInput(
+            f"server target {entry!r} is not HOST:PORT (port 1-65535); several targets are comma-separated",
+            field="server",
+        )
+    return host.strip("[]"), int(port_text)
+
+
+def _literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def channel_target(server: str) -> ChannelTarget:
+    """The gRPC target for ``server``: one ``host:port``, a comma-separated list of them, or a resolver URI.
+
+    * ``host:port``: passed through (gRPC's DNS resolver; ``round_robin`` spreads calls over every address the
+      name resolves to, pick-first behaviour for a single address).
+    * ``a:p1,b:p2,...``: a static list, written as gRPC's ``ipv4:`` (or ``ipv6:``) target. Host names in the
+      list are resolved once, here (IPv4 addresses preferred); use ``dns:///name:port`` for a name whose
+      addresses change (gRPC re-resolves it when a connection fails). The first entry is the ``:authority``:
+      with TLS every replica must present a certificate for it (or give ``server_name``).
+    * ``dns:///name:port``, ``ipv4:...``, ``ipv6:...``, ``unix:...``: passed through.
+
+    Raises:
+        InvalidInput: empty entries, a missing port, a name that does not resolve (field ``server``).
+    """
+    server = server.strip()
+    if not server:
+        raise InvalidInput("server target is empty; expected HOST:PORT[,HOST:PORT...]", field="server")
+    if server.startswith(RESOLVER_SCHEMES):
+        return ChannelTarget(server, balanced=not server.startswith("unix"))
+    entries = [e.strip() for e in server.split(",")]
+    if any(not e for e in entries):
+        raise InvalidInput(f"server target list {server!r} has an empty entry", field="server")
+    if len(entries) == 1:
+        _split_host_port(entries[0])
+        return ChannelTarget(entries[0])
+    parsed = [_split_host_port(e) for e in entries]
+    v4: list[str] = []
+    v6: list[str] = []
+    for host, port in parsed:
+        ip = _literal_ip(host)
+        if ip is not None:
+            (v4 if ip.version == 4 else v6).append(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
+            continue
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise InvalidInput(f"server {host!r} does not resolve ({exc})", field="server") from None
+        found4 = sorted({f"{i[4][0]}:{port}" for i in infos if i[0] == socket.AF_INET})
+        if found4:
+            v4.extend(found4)
+        else:
+            v6.extend(sorted({f"[{i[4][0]}]:{port}" for i in infos if i[0] == socket.AF_INET6}))
+    if v4 and v6:
+        raise InvalidInput(
+            f"server list {server!r} mixes IPv4 {v4} and IPv6 {v6} addresses; gRPC's static list takes one family",
+            field="server",
+        )
+    scheme, addresses = ("ipv4", v4) if v4 else ("ipv6", v6)
+    # The first entry is the :authority and the name TLS verifies on every replica (gRPC's default for a
+    # static list is the whole list, which no certificate names).
+    return ChannelTarget(f"{scheme}:{','.join(addresses)}", authority=entries[0], balanced=True)
+
+
+def service_config(health_checked: bool) -> str:
+    """The channel's service config JSON: ``round_robin``, plus client-side health checking if asked."""
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if health_checked:
+        config["healthCheckConfig"] = {"serviceName": SERVICE_NAME}
+    return json.dumps(config)
+
+
 # ---------------------------------------------------------------------------------------------- results
 @dataclass
 class RemoteScore:
@@ -114,6 +230,90 @@ class RemoteScore:
         return cls(result=result, runtime=runtime, request_id=msg.request_id)
 
 
+# ---------------------------------------------------------------------------------------------- batch streams
+class _BatchFeed:
+    """The items of one ``score_batch`` call, shared by the streams (attempts) that carry them.
+
+    Items are pulled lazily from the caller's iterable and kept only until answered, so memory holds the items
+    in flight (bounded by the server's window and HTTP/2 flow control), not the whole batch. A new attempt first
+    replays the unanswered items, then continues with the iterable; the previous attempt's request generator
+    stops pulling from the iterable once a new attempt has started, so no item is pulled by a dead stream
+    after the replay list was taken (which would lose it).
+    """
+
+    def __init__(self, requests: Iterable[pb.ScoreCaseRequest | pb.ScoreViewsRequest]) -> None:
+        self._source = iter(requests)
+        self._pull_lock = threading.Lock()  # held while pulling from the caller's iterable
+        self._lock = threading.Lock()  # guards pending / answered
+        self._attempt = 0
+        self._next_index = 0
+        self.exhausted = False
+        self.source_error: BaseException | None = None
+        self.pending: dict[int, pb.ScoreBatchRequest] = {}  # original index -> sent, not yet answered
+        self.answered: set[int] = set()
+
+    @staticmethod
+    def _wrap(item: pb.ScoreCaseRequest | pb.ScoreViewsRequest) -> pb.ScoreBatchRequest:
+        if isinstance(item, pb.ScoreViewsRequest):
+            return pb.ScoreBatchRequest(views=item)
+        return pb.ScoreBatchRequest(case=item)
+
+    def done(self) -> bool:
+        with self._lock:
+            return self.exhausted and not self.pending
+
+    def new_attempt(self) -> tuple[Iterator[pb.ScoreBatchRequest], list[int]]:
+        """The request messages of a new stream and its index map (stream position -> original index)."""
+        with self._pull_lock, self._lock:
+            self._attempt += 1
+            replay = sorted(self.pending.items())
+        order: list[int] = []
+        return self._messages(self._attempt, replay, order), order
+
+    def _messages(
+        self, attempt: int, replay: list[tuple[int, pb.ScoreBatchRequest]], order: list[int]
+    ) -> Iterator[pb.ScoreBatchRequest]:
+        for index, msg in replay:
+            order.append(index)
+            yield msg
+        while True:
+            with self._pull_lock:
+                if attempt != self._attempt or self.exhausted:
+                    return
+                try:
+                    item = next(self._source)
+                except StopIteration:
+                    self.exhausted = True
+                    return
+                except BaseException as exc:  # the caller's iterable failed: end the stream, report it
+                    self.source_error = exc
+                    self.exhausted = True
+                    raise
+                msg = self._wrap(item)
+                with self._lock:
+                    index = self._next_index
+                    self._next_index += 1
+                    self.pending[index] = msg
+                order.append(index)
+            yield msg
+
+    def answer(self, index: int) -> bool:
+        """Mark ``index`` answered; False if it already was (a duplicate, which is dropped)."""
+        with self._lock:
+            if index in self.answered:
+                return False
+            self.answered.add(index)
+            self.pending.pop(index, None)
+            return True
+
+
+def _item_error(e: pb.ItemError) -> DQEError:
+    cls = getattr(errors, e.kind, None)
+    if isinstance(cls, type) and issubclass(cls, DQEError) and cls.code == e.code:
+        return cls(e.message, field=e.field or None)
+    return RemoteError(e.message, code=e.code, field=e.field or None, kind=e.kind or e.code)
+
+
 # ---------------------------------------------------------------------------------------------- client
 def _read_pem(value: str | bytes | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
@@ -125,16 +325,24 @@ class DQEClient:
     """Client of ``dqe.v1.QualityEstimation``.
 
     Args:
-        target: ``host:port``.
+        target: ``host:port``, several comma-separated, or a resolver target such as ``dns:///name:port``
+            (see :func:`channel_target`); calls are spread with ``round_robin``.
         tls: use TLS (implied by ``ca_cert``); without ``ca_cert`` the system roots verify the server.
         ca_cert: PEM (path or bytes) of the CA that signed the server certificate.
         client_cert, client_key: PEM (paths or bytes) for mutual TLS.
         server_name: expected name in the server certificate when it differs from the target host.
         token: bearer token sent as ``authorization: Bearer <token>``.
         deadline_s: overall deadline per call, retries included, in seconds.
-        retries: extra attempts on UNAVAILABLE.
+        retries: extra attempts of a call on UNAVAILABLE or a server-side CANCELLED (see ``_retryable``);
+            for ``score_batch``, new streams in a row that answered nothing.
         backoff_s: first backoff; doubles per attempt (with +-20 % jitter).
         max_message_mb: largest request/response, in MiB.
+        health_check: send new calls only to replicas whose health is SERVING (gRPC client-side health
+            checking of ``dqe.v1.QualityEstimation``); ``None`` = on when ``target`` names several replicas.
+
+    Raises:
+        InvalidInput: ``target`` is malformed (field ``server``).
+        OSError: a TLS file cannot be read.
     """
 
     def __init__(
@@ -151,8 +359,12 @@ class DQEClient:
         retries: int = 3,
         backoff_s: float = 0.25,
         max_message_mb: int = 512,
+        health_check: bool | None = None,
     ) -> None:
+        resolved = channel_target(target)
         self.target = target
+        self.channel_target = resolved.target
+        self.health_checked = resolved.balanced if health_check is None else health_check
         self.deadline_s = deadline_s
         self.retries = retries
         self.backoff_s = backoff_s
@@ -160,7 +372,10 @@ class DQEClient:
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_mb * MIB),
             ("grpc.max_send_message_length", max_message_mb * MIB),
+            ("grpc.service_config", service_config(self.health_checked)),
         ]
+        if resolved.authority:
+            options.append(("grpc.default_authority", resolved.authority))
         if tls or ca_cert is not None or client_cert is not None:
             if server_name:
                 options.append(("grpc.ssl_target_name_override", server_name))
@@ -169,11 +384,12 @@ class DQEClient:
                 private_key=_read_pem(client_key),
                 certificate_chain=_read_pem(client_cert),
             )
-            self.channel = grpc.secure_channel(target, creds, options=options)
+            self.channel = grpc.secure_channel(resolved.target, creds, options=options)
         else:
-            self.channel = grpc.insecure_channel(target, options=options)
+            self.channel = grpc.insecure_channel(resolved.target, options=options)
         self.stub = pb_grpc.QualityEstimationStub(self.channel)
         self._contract: PreprocessingContract | None = None
+        self._closed = False
 
     def __enter__(self) -> DQEClient:
         return self
@@ -182,6 +398,7 @@ class DQEClient:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         self.channel.close()
 
     # ------------------------------------------------------------------ plumbing
@@ -191,31 +408,50 @@ class DQEClient:
             md.append(("authorization", f"Bearer {self._token}"))
         return md
 
+    def _retryable(self, err: grpc.RpcError) -> bool:
+        """Whether a failed call may be sent again: UNAVAILABLE (replica starting, draining or gone), or
+        CANCELLED by the server (it stopped before answering: a shutdown past its grace). This client never
+        cancels a call it still waits for, so CANCELLED here is the server's, unless :meth:`close` ran."""
+        code = err.code() if callable(getattr(err, "code", None)) else None  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.CANCELLED:
+            return not self._closed
+        return bool(code == grpc.StatusCode.UNAVAILABLE)
+
     def _call(self, method: Callable[..., Any], request: Any, deadline_s: float | None = None) -> Any:
-        """One unary call with retries on UNAVAILABLE inside one deadline.
+        """One unary call, retried (see :meth:`_retryable`) with backoff inside one deadline; with several
+        replicas ``round_robin`` sends the retry to one that is up. Returns the one response.
 
         Raises:
-            DQEError: the server's error (see :func:`error_from_rpc`).
+            DQEError: the server's error (see :func:`error_from_rpc`), or the last one once retries are spent.
         """
         budget = self.deadline_s if deadline_s is None else deadline_s
         end = time.monotonic() + budget
+        metadata = self._metadata()  # one request id for every attempt, so server logs tie them together
         attempt = 0
         while True:
             remaining = end - time.monotonic()
             try:
-                return method(request, timeout=max(remaining, 0.001), metadata=self._metadata())
+                return method(request, timeout=max(remaining, 0.001), metadata=metadata)
             except grpc.RpcError as err:
-                code = err.code() if callable(getattr(err, "code", None)) else None  # type: ignore[attr-defined]
-                if code != grpc.StatusCode.UNAVAILABLE or attempt >= self.retries:
+                if not self._retryable(err) or attempt >= self.retries:
                     raise error_from_rpc(err) from None
-                pause = self.backoff_s * (2**attempt) * random.uniform(0.8, 1.2)
+                pause = self._backoff(attempt)
                 if time.monotonic() + pause >= end:
                     raise error_from_rpc(err) from None
                 logger.info(
-                    "%s unavailable (%s); retry %d in %.2f s", self.target, err.details(), attempt + 1, pause
-                )  # type: ignore[attr-defined]
+                    "%s: %s (%s); retry %d in %.2f s",
+                    self.target,
+                    err.code().name,  # type: ignore[attr-defined]
+                    err.details(),  # type: ignore[attr-defined]
+                    attempt + 1,
+                    pause,
+                )
                 time.sleep(pause)
                 attempt += 1
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry ``attempt + 1``: ``backoff_s * 2**attempt``, +-20 % jitter."""
+        return self.backoff_s * (2**attempt) * random.uniform(0.8, 1.2)
 
     # ------------------------------------------------------------------ request builders
     @staticmethod
@@ -333,35 +569,85 @@ class DQEClient:
     ) -> Iterator[tuple[int, RemoteScore | DQEError]]:
         """Stream many cases; yields ``(index, RemoteScore or the item's error)`` as results arrive.
 
+        ``index`` is the item's position in ``requests``; every index is yielded exactly once. When the stream
+        breaks with UNAVAILABLE (the replica died or is draining), a new stream (with ``round_robin``, on a
+        replica that is up) carries only the items not answered yet, then the rest of ``requests``; an item the
+        server answered with an UNAVAILABLE item error is sent again the same way. Answers that arrive twice are
+        dropped. Other item errors (a bad case) are answers and are not retried. Retries share the deadline and
+        stop after ``retries`` attempts in a row that answered nothing; items still refused then are yielded
+        with their last error.
+
         Raises:
-            DQEError: the stream itself failed (auth, deadline, server gone). Not retried.
+            DQEError: the stream failed otherwise (auth, deadline, UNAVAILABLE with the retries spent).
+            Exception: whatever iterating ``requests`` raised (the stream is cancelled).
         """
-
-        def items() -> Iterator[pb.ScoreBatchRequest]:
-            for r in requests:
-                if isinstance(r, pb.ScoreViewsRequest):
-                    yield pb.ScoreBatchRequest(views=r)
-                else:
-                    yield pb.ScoreBatchRequest(case=r)
-
         budget = self.deadline_s if deadline_s is None else deadline_s
-        stream = self.stub.ScoreBatch(items(), timeout=budget, metadata=self._metadata())
-        try:
-            for msg in stream:
-                if msg.WhichOneof("outcome") == "result":
-                    yield int(msg.index), RemoteScore.from_proto(msg.result)
-                else:
-                    e = msg.error
-                    cls = getattr(errors, e.kind, None)
-                    if isinstance(cls, type) and issubclass(cls, DQEError) and cls.code == e.code:
-                        err: DQEError = cls(e.message, field=e.field or None)
-                    else:
-                        err = RemoteError(
-                            e.message, code=e.code, field=e.field or None, kind=e.kind or e.code
+        end = time.monotonic() + budget
+        feed = _BatchFeed(requests)
+        refused: dict[int, DQEError] = {}  # items answered UNAVAILABLE, to send again
+        metadata = self._metadata()
+        fruitless = 0
+        while True:
+            messages, order = feed.new_attempt()
+            stream = self.stub.ScoreBatch(
+                messages, timeout=max(end - time.monotonic(), 0.001), metadata=metadata
+            )
+            progressed = False
+            failure: grpc.RpcError | None = None
+            try:
+                for msg in stream:
+                    if not 0 <= msg.index < len(order):
+                        raise RemoteError(
+                            f"server answered item {msg.index} of a stream of {len(order)}", code="INTERNAL"
                         )
-                    yield int(msg.index), err
-        except grpc.RpcError as rpc_err:
-            raise error_from_rpc(rpc_err) from None
+                    index = order[msg.index]
+                    outcome: RemoteScore | DQEError
+                    if msg.WhichOneof("outcome") == "result":
+                        outcome = RemoteScore.from_proto(msg.result)
+                    else:
+                        outcome = _item_error(msg.error)
+                        if outcome.code == "UNAVAILABLE":
+                            refused[index] = outcome
+                            continue
+                    if not feed.answer(index):
+                        logger.warning("dropped a second answer for batch item %d", index)
+                        continue
+                    refused.pop(index, None)
+                    progressed = True
+                    yield index, outcome
+            except grpc.RpcError as err:
+                if feed.source_error is not None:
+                    raise feed.source_error from None
+                failure = err
+            finally:
+                stream.cancel()  # no-op once finished; frees the call if the caller stopped early
+            if feed.done():
+                return
+            if failure is not None and not self._retryable(failure):
+                raise error_from_rpc(failure) from None
+            fruitless = 0 if progressed else fruitless + 1
+            pause = self._backoff(max(fruitless - 1, 0))
+            if fruitless > self.retries or time.monotonic() + pause >= end:
+                if failure is not None:
+                    raise error_from_rpc(failure) from None
+                for index, refusal in sorted(refused.items()):  # the stream ended; these were refused
+                    if feed.answer(index):
+                        yield index, refusal
+                if feed.done():
+                    return
+                raise RemoteError(
+                    f"batch stream ended with {len(feed.pending)} items unanswered", code="UNAVAILABLE"
+                )
+            logger.info(
+                "batch stream to %s %s; resuming %d unanswered items in %.2f s",
+                self.target,
+                f"broke: {failure.code().name} ({failure.details()})"  # type: ignore[attr-defined]
+                if failure is not None
+                else "refused items",
+                len(feed.pending),
+                pause,
+            )
+            time.sleep(pause)
 
     # ------------------------------------------------------------------ info
     def model_info(self, deadline_s: float | None = None) -> dict[str, Any]:
@@ -389,6 +675,9 @@ class DQEClient:
 
     def health(self, service: str = "", deadline_s: float = 5.0) -> str:
         """The server's health status name (``SERVING``, ``NOT_SERVING``, ``SERVICE_UNKNOWN``); not retried.
+        With several replicas it is the status of the one the call lands on; with health checking on, replicas
+        that are not SERVING get no calls, so the answer is SERVING or ModelNotReady: probe each replica with a
+        single-target client instead.
 
         Raises:
             DQEError: the server cannot be reached (UNAVAILABLE -> ModelNotReady).

@@ -139,7 +139,11 @@ def add_remote_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retries",
         type=int,
-        help=_env_help(ClientSettings, "retries", "retries on UNAVAILABLE, with backoff"),
+        help=_env_help(
+            ClientSettings,
+            "retries",
+            "retries on UNAVAILABLE (on another replica when there are several), with backoff",
+        ),
     )
     parser.add_argument("--token", help="bearer token (env DQE_TOKEN)")
 

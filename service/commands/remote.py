@@ -1,4 +1,8 @@
-"""``dqe score --server HOST:PORT``: the command-line glue around :class:`dqe.service.client.DQEClient`."""
+"""``dqe score --server TARGET``: the command-line glue around :class:`dqe.service.client.DQEClient`.
+
+``TARGET`` is ``HOST:PORT``, a comma-separated list of them, or ``dns:///NAME:PORT`` (see
+:func:`dqe.service.client.channel_target`); a malformed target is a typed ``INVALID_ARGUMENT`` error (exit 2).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,12 @@ from dqe.service.commands.common import EXIT_INVALID, case_files, client_setting
 
 
 def client_from_args(args: argparse.Namespace) -> DQEClient:
-    """A client from ``dqe score``'s ``--server``/``--tls-*``/``--token``/``--deadline`` options."""
+    """A client from ``dqe score``'s ``--server``/``--tls-*``/``--token``/``--deadline`` options.
+
+    Raises:
+        InvalidInput: ``--server`` is malformed (field ``server``).
+        OSError: a TLS file cannot be read.
+    """
     settings = client_settings(args)
     return DQEClient(
         args.server,
@@ -46,7 +55,7 @@ def _local_case_files(args: argparse.Namespace) -> tuple[dict[str, Path], str]:
 
 
 def score_command(args: argparse.Namespace) -> int:
-    """``dqe score --server HOST:PORT``: same inputs and JSON shape as local ``dqe score``; exit 0 or 2."""
+    """``dqe score --server TARGET``: same inputs and JSON shape as local ``dqe score``; exit 0 or 2."""
     t0 = time.perf_counter()
     try:
         with client_from_args(args) as client:

@@ -27,7 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_case_args(p)
     add_engine_args(p)
     p.add_argument(
-        "--server", metavar="HOST:PORT", help="score through a running dqe gRPC server instead of locally"
+        "--server",
+        metavar="TARGET",
+        help="score through running dqe gRPC servers instead of locally: HOST:PORT, several comma-separated "
+        "(HOST:PORT,HOST:PORT,...) or dns:///NAME:PORT; calls are spread with round_robin and retried on "
+        "another replica when one is unavailable",
     )
     p.add_argument("--gate", action="store_true", help="also run the QC gate and include its verdict")
     remote = p.add_argument_group("with --server")
