@@ -11,7 +11,7 @@ PKG_FILES := $(shell find models service training -type f \( -name '*.py' -o -na
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)-$(shell echo $(PKG_FILES) | sha256sum | cut -c1-12)
 PROTO_SRC := $(wildcard proto/dqe/v1/*.proto)
 
-.PHONY: venv model demo test lint typecheck proto proto-check bench gate-eval train-smoke clean
+.PHONY: imports venv model demo test lint typecheck proto proto-check bench gate-eval train-smoke clean
 
 venv: $(STAMP)
 
@@ -50,7 +50,7 @@ proto-check: venv
 
 # One pytest process per area: torch (reference oracle, training), OpenVINO, Ray and gRPC each load native
 # thread pools; keeping them in separate processes avoids cross-library crashes seen in one long process.
-TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py \
+TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py tests/test_settings.py tests/test_layers.py \
 	tests/test_bench_report.py" \
 	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" \
 	"tests/test_deploy.py"
@@ -75,3 +75,7 @@ gate-eval: model
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the README's package graph and lazy-import listings from the code.
+imports: venv
+	$(BIN)/python tools/imports.py readme
