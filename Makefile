@@ -35,8 +35,8 @@ demo: model
 	$(BIN)/python -m dqe.service.demo
 
 lint: venv
-	$(BIN)/ruff check service models training tests benchmarks
-	$(BIN)/ruff format --check service models training tests benchmarks
+	$(BIN)/ruff check service models training tests benchmarks tools
+	$(BIN)/ruff format --check service models training tests benchmarks tools
 	$(BIN)/lint-imports
 
 typecheck: venv

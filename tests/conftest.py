@@ -14,7 +14,6 @@ TOOLKIT = SHARED_DATA / "brainlesion-tutorials" / "BraTS-Toolkit" / "data"
 BRATS_CASE = SHARED_DATA / "brainlesion-BraTS"
 
 
-
 def real_data_available() -> bool:
     return DQE_TEST_DATA.is_dir()
 
