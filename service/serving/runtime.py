@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dqe.models.case import Case
-from dqe.models.errors import CallCancelled, DeadlineExpired, ModelNotReady
+from dqe.models.errors import CallCancelled, DeadlineExpired, InvalidInput, ModelNotReady, Overloaded
 from dqe.service.serving.batcher import DynamicBatcher
 from dqe.service.serving.paths import PathPolicy
 from dqe.service.settings import ServerConfig
@@ -28,6 +29,111 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Slots:
+    """A counter of things in flight with a hard maximum that refuses at once (never waits).
+
+    Args:
+        limit: most holders at once.
+        what: a phrase for the error message (``"ScoreBatch streams"``).
+        setting: the setting that raises the limit (named in the message).
+    """
+
+    def __init__(self, limit: int, what: str, setting: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.setting = setting
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Take one slot.
+
+        Raises:
+            Overloaded: all ``limit`` slots are held.
+        """
+        with self._lock:
+            if self.held >= self.limit:
+                raise Overloaded(
+                    f"{self.what}: all {self.limit} are in use; retry with backoff (server setting {self.setting})",
+                    field=self.setting,
+                )
+            self.held += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.held -= 1
+
+    def full(self) -> Overloaded | None:
+        """The error :meth:`acquire` would raise now, or ``None`` (a cheap early check, not a reservation)."""
+        if self.held < self.limit:
+            return None
+        return Overloaded(
+            f"{self.what}: all {self.limit} are in use; retry with backoff (server setting {self.setting})",
+            field=self.setting,
+        )
+
+
+class DecodeBudget:
+    """Bytes of inflated NIfTI the server holds for calls being decoded, with a hard server-wide maximum.
+
+    A call reserves each volume's declared size before inflating it and releases everything once its views are
+    built (or it failed); a reservation that does not fit is refused at once.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = limit_bytes
+        self.used = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, nbytes: int) -> None:
+        """Reserve ``nbytes``.
+
+        Raises:
+            InvalidInput: more than the whole budget (this server can never decode it).
+            Overloaded: the budget cannot hold it now.
+        """
+        if nbytes > self.limit:
+            raise InvalidInput(
+                f"a volume inflates to {nbytes} bytes; this server decodes at most {self.limit} at once "
+                "(setting decode_budget_mb)",
+                field="files",
+            )
+        with self._lock:
+            if self.used + nbytes > self.limit:
+                raise Overloaded(
+                    f"the server is decoding {self.used} of {self.limit} bytes; {nbytes} more do not fit; retry "
+                    "with backoff (setting decode_budget_mb)",
+                    field="decode_budget_mb",
+                )
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.used -= nbytes
+
+
+class Reservation:
+    """One call's share of a :class:`DecodeBudget`: reserve per volume, release all at once (thread-safe)."""
+
+    def __init__(self, budget: DecodeBudget) -> None:
+        self.budget = budget
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, nbytes: int) -> None:
+        self.budget.reserve(nbytes)
+        with self._lock:
+            self.held += nbytes
+
+    def release(self) -> None:
+        with self._lock:
+            held, self.held = self.held, 0
+        if held:
+            self.budget.release(held)
+
+
 @dataclass
 class Runtime:
     """What the servicer needs; the engine and batcher appear once the model is loaded and warm."""
@@ -37,8 +143,20 @@ class Runtime:
     paths: PathPolicy
     engine: Engine | None = None
     batcher: DynamicBatcher | None = None
+    budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(1 << 30))
+    decodes: Slots = field(default_factory=lambda: Slots(64, "decoding", "max_pending_decodes"))
+    streams: Slots = field(default_factory=lambda: Slots(64, "ScoreBatch streams", "max_streams"))
     gate_unavailable: str = ""
     _gate_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admission(self, method: str) -> Overloaded | None:
+        """RESOURCE_EXHAUSTED for a call to ``method`` whose queue is full now (checked before its request is
+        read; see :class:`dqe.service.serving.interceptor.ServiceInterceptor`)."""
+        if method.endswith("/ScoreCase"):
+            return self.decodes.full()
+        if method.endswith("/ScoreBatch"):
+            return self.streams.full()
+        return None
 
     def ready(self) -> tuple[Engine, DynamicBatcher]:
         """The engine and batcher.
@@ -81,6 +199,7 @@ class CallInfo:
     """
 
     def __init__(self, context: grpc.ServicerContext | None, max_call_s: float = 0.0) -> None:
+        self.cancelled = threading.Event()
         remaining = context.time_remaining() if context is not None else None
         if remaining is not None and remaining > NO_DEADLINE_S:
             remaining = None
@@ -90,6 +209,8 @@ class CallInfo:
         self._context = context
 
     def is_active(self) -> bool:
+        if self.cancelled.is_set():
+            return False
         return self._context is None or bool(self._context.is_active())
 
     def remaining(self) -> float | None:
@@ -106,9 +227,35 @@ class CallInfo:
             raise CallCancelled(f"the caller went away before {stage}; work dropped")
 
     def wait(self, future: Future[T], stage: str) -> T:
-        """``future.result()`` within the deadline (the future is cancelled when it runs out)."""
+        """``future.result()`` within the deadline; when it runs out the future is cancelled and running work
+        is told to stop (:meth:`is_active` turns False, so decoding stops at its next chunk).
+
+        Errors raised by the work are re-raised without their traceback (whose frames would keep request
+        buffers alive until a full garbage collection).
+        """
         try:
             return future.result(timeout=self.remaining())
         except FutureTimeout:
             future.cancel()
+            self.cancelled.set()
             raise DeadlineExpired(f"the call's deadline passed during {stage}", field="deadline") from None
+        except BaseException as exc:
+            drop_traceback(exc)
+            raise exc.with_traceback(None) from None
+        finally:
+            del future
+
+
+def drop_traceback(exc: BaseException) -> None:
+    """Clear the frames of ``exc``'s traceback (and of the exceptions chained to it) so that the buffers their
+    locals hold are freed now, not at the next full garbage collection."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)
+            current.__traceback__ = None
+        nxt = current.__cause__ or current.__context__
+        current.__cause__ = current.__context__ = None
+        current = nxt

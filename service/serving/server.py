@@ -26,7 +26,7 @@ from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
 from dqe.service.serving.batcher import DynamicBatcher
 from dqe.service.serving.interceptor import REQUEST_ID, ServiceInterceptor
 from dqe.service.serving.paths import PathPolicy
-from dqe.service.serving.runtime import Runtime
+from dqe.service.serving.runtime import DecodeBudget, Runtime, Slots
 from dqe.service.serving.servicer import SERVICE_NAME, QualityEstimationServicer
 from dqe.service.serving.telemetry import Metrics
 from dqe.service.settings import ServerConfig
@@ -46,6 +46,10 @@ class DQEServer:
     def __init__(self, config: ServerConfig, engine: Engine | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
+        # Health Check and GetModelInfo run on this pool (see the interceptor), never behind scoring calls.
+        self.control_pool = ThreadPoolExecutor(
+            max_workers=config.control_threads, thread_name_prefix="dqe-control"
+        )
         self.health = health.HealthServicer(
             experimental_non_blocking=True, experimental_thread_pool=ThreadPoolExecutor(max_workers=2)
         )
@@ -57,6 +61,9 @@ class DQEServer:
                 max_workers=config.decode_workers, thread_name_prefix="dqe-decode"
             ),
             paths=PathPolicy(config.allowed_roots),
+            budget=DecodeBudget(config.decode_budget_bytes),
+            decodes=Slots(config.max_pending_decodes, "ScoreCase decodes pending", "max_pending_decodes"),
+            streams=Slots(config.max_streams, "ScoreBatch streams", "max_streams"),
         )
         self._engine = engine
         self.ready = threading.Event()
@@ -67,7 +74,15 @@ class DQEServer:
         self.metrics_port: int | None = None
         self.grpc_server = grpc.server(
             ThreadPoolExecutor(max_workers=config.handler_threads, thread_name_prefix="dqe-grpc"),
-            interceptors=[ServiceInterceptor(token=config.bearer_token(), metrics=self.metrics)],
+            interceptors=[
+                ServiceInterceptor(
+                    token=config.bearer_token(),
+                    metrics=self.metrics,
+                    control_pool=self.control_pool,
+                    max_scoring_calls=config.max_scoring_calls,
+                    admission=self.runtime.admission,
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -191,6 +206,7 @@ class DQEServer:
         if self.runtime.batcher is not None:
             self.runtime.batcher.close(timeout=max(grace, 1.0))
         self.runtime.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.control_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.shutdown()
         logger.info("stopped after %.2f s", time.perf_counter() - t0, extra={"event": "stopped"})
 
