@@ -146,8 +146,18 @@ class Runtime:
     budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(1 << 30))
     decodes: Slots = field(default_factory=lambda: Slots(64, "decoding", "max_pending_decodes"))
     streams: Slots = field(default_factory=lambda: Slots(64, "ScoreBatch streams", "max_streams"))
+    decode_s: float = 0.0  # moving average of one case's decode + preprocessing time (seconds)
     gate_unavailable: str = ""
     _gate_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe_decode(self, seconds: float) -> None:
+        """Feed one case's decode + preprocessing time into the moving average (weight 0.2)."""
+        self.decode_s = seconds if self.decode_s == 0.0 else 0.8 * self.decode_s + 0.2 * seconds
+
+    def expected_decode_wait(self) -> float:
+        """Seconds a case queued now would wait before its decoding starts (from the moving average)."""
+        ahead = max(self.decodes.held - self.config.decode_workers, 0)
+        return ahead * self.decode_s / self.config.decode_workers
 
     def admission(self, method: str) -> Overloaded | None:
         """RESOURCE_EXHAUSTED for a call to ``method`` whose queue is full now (checked before its request is

@@ -120,6 +120,7 @@ class DQEServer:
 
     def start(self) -> None:
         """Start serving (health NOT_SERVING) and load + warm up the model in the background."""
+        return_memory_eagerly()
         self.grpc_server.start()
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
@@ -212,6 +213,37 @@ class DQEServer:
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return bool(self.grpc_server.wait_for_termination(timeout))
+
+
+M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+
+
+def return_memory_eagerly() -> bool:
+    """Make glibc give large buffers back to the OS when they are freed (Linux/glibc only; else a no-op).
+
+    glibc raises its mmap threshold to the size of the largest block freed (up to 32 MiB), after which request
+    buffers of 1-32 MiB come from per-thread arenas and stay resident after the request failed. A fixed 1 MiB
+    threshold keeps every such buffer in its own mapping, unmapped on free.
+
+    Returns:
+        Whether the setting was applied.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        ok = bool(libc.mallopt(M_TRIM_THRESHOLD, 4 * MMAP_THRESHOLD_BYTES)) and ok
+    except (OSError, AttributeError):
+        return False
+    logger.debug("glibc mmap threshold fixed at %d bytes: %s", MMAP_THRESHOLD_BYTES, ok)
+    return ok
 
 
 def create_server(config: ServerConfig, engine: Engine | None = None) -> tuple[DQEServer, int]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dqe.models.case import FIELDS, Case
-from dqe.models.errors import CallCancelled, InvalidInput
+from dqe.models.errors import CallCancelled, InvalidInput, Overloaded
 from dqe.models.nifti import DecodeLimits, Volume, decode_nifti, load_nifti_fd
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
@@ -102,8 +102,17 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         source = request.WhichOneof("source")
         if source is None:
             raise InvalidInput("request has neither files nor paths; set one", field="source")
-        # Bounded decode queue: refused at once when full, instead of waiting for the deadline.
+        # Bounded decode queue: refused at once when full, or when the wait it predicts exceeds the call's
+        # deadline, instead of letting the caller wait for that deadline.
         self.rt.decodes.acquire()
+        wait, left = self.rt.expected_decode_wait(), call.remaining()
+        if left is not None and wait > left:
+            self.rt.decodes.release()
+            raise Overloaded(
+                f"about {wait:.1f} s of decoding is queued ahead of this call, more than its {left:.1f} s "
+                "deadline; retry with backoff",
+                field="deadline",
+            )
         ctx = contextvars.copy_context()
         try:
             future = self.rt.decode_pool.submit(ctx.run, self._prepare_case, request, call)
@@ -176,6 +185,7 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         finally:
             reservation.release()
         t2 = time.perf_counter()
+        self.rt.observe_decode(t2 - t0)
         return _Prepared(
             views=views,
             com=com,
