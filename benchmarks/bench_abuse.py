@@ -85,6 +85,7 @@ class Bench:
 
         self.pb, self.pb_grpc, self.grpc = pb, pb_grpc, grpc
         self.proc, self.port = proc, port
+        self.cancelled_details = ""
         opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=opts)
         self.stub = pb_grpc.QualityEstimationStub(self.channel)
@@ -121,7 +122,10 @@ class Bench:
         try:
             fn()
         except self.grpc.RpcError as err:
-            return str(err.code().name)  # type: ignore[attr-defined]
+            name = str(err.code().name)  # type: ignore[attr-defined]
+            if name == "CANCELLED" and not self.cancelled_details:
+                self.cancelled_details = str(err.details())  # type: ignore[attr-defined]
+            return name
         return "OK"
 
     def run(self, name: str, attack: Callable[[], list[str]]) -> dict[str, Any]:

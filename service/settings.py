@@ -43,6 +43,9 @@ class ServerConfig:
         decode_workers: threads decoding NIfTI and building views (bounds CPU and memory of decoding).
         max_pending_decodes: ``ScoreCase`` calls (and stream items) waiting for or in decoding; more get
             RESOURCE_EXHAUSTED at once.
+        max_pending_mb: MiB of ``ScoreCase`` requests (their message bytes) waiting for or in decoding; a
+            request that does not fit gets RESOURCE_EXHAUSTED at once (default 768: about 70 compressed BraTS
+            cases of 11 MB).
         decode_budget_mb: MiB of inflated NIfTI the whole server may hold for calls being decoded; a call that
             would exceed it gets RESOURCE_EXHAUSTED before inflating (one that needs more than all of it,
             INVALID_ARGUMENT).
@@ -85,6 +88,7 @@ class ServerConfig:
     max_concurrent_rpcs: int = 512
     decode_workers: int = 2
     max_pending_decodes: int = 64
+    max_pending_mb: int = 768
     decode_budget_mb: int = 1024
     max_volume_voxels: int = 32 * MIB
     max_grid_side: int = 512
@@ -125,6 +129,7 @@ class ServerConfig:
             "control_threads",
             "max_pending_decodes",
             "decode_budget_mb",
+            "max_pending_mb",
             "max_volume_voxels",
             "max_grid_side",
             "max_streams",

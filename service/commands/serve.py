@@ -103,6 +103,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(env DQE_MAX_PENDING_DECODES, default 64)",
     )
     lim.add_argument(
+        "--max-pending-mb",
+        type=int,
+        help="MiB of ScoreCase requests waiting for or in decoding before RESOURCE_EXHAUSTED "
+        "(env DQE_MAX_PENDING_MB, default 768)",
+    )
+    lim.add_argument(
         "--decode-budget-mb",
         type=int,
         help="MiB of inflated NIfTI held by calls being decoded, server-wide (env DQE_DECODE_BUDGET_MB, "

@@ -121,9 +121,15 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 rid,
                 extra={"event": "request_id_replaced", "client_request_id": rejected, "request_id": rid},
             )
-        refused = self._auth_error(method, metadata) or self._full(method)
-        if refused is not None:
-            return self._refusal(handler, method, rid, refused)
+        auth_error = self._auth_error(method, metadata)
+        if auth_error is not None:
+            return self._refusal(handler, method, rid, auth_error, read=False)
+        full = self._full(method)
+        if full is not None:
+            # Read (not parse) the request first: refusing while a large message is still arriving can let the
+            # stream reset overtake the status, and the caller would see CANCELLED instead of
+            # RESOURCE_EXHAUSTED. The bytes are dropped at once.
+            return self._refusal(handler, method, rid, full, read=not handler.request_streaming)
         pool = self._control_pool if method in CONTROL_METHODS else None
         slots = self.scoring if method.startswith(SCORING_PREFIX) else None
         return _wrap(
@@ -145,12 +151,14 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         return self._admission(method) if self._admission is not None else None
 
     def _refusal(
-        self, handler: grpc.RpcMethodHandler, method: str, rid: str, error: DQEError
+        self, handler: grpc.RpcMethodHandler, method: str, rid: str, error: DQEError, read: bool
     ) -> grpc.RpcMethodHandler:
-        """A handler that ends the call with ``error`` without reading its request.
+        """A handler that ends the call with ``error`` without parsing its request.
 
-        It takes the request as a stream (whatever the method's real shape; the wire format is the same) and
-        never iterates it, so gRPC never receives the message into Python nor calls a deserialiser.
+        With ``read=False`` it takes the request as a stream (whatever the method's real shape; the wire format
+        is the same) and never iterates it, so gRPC never receives the message into Python nor calls a
+        deserialiser. With ``read=True`` (unary requests) gRPC receives the bytes and a no-op deserialiser
+        drops them.
         """
 
         def refuse(request_iterator: Any, context: grpc.ServicerContext) -> Any:
@@ -166,6 +174,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             yield from ()
 
         kwargs = {"request_deserializer": _skip, "response_serializer": handler.response_serializer}
+        if read and handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
+        if read:
+            return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
         if handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
         return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)

@@ -80,8 +80,10 @@ class DecodeBudget:
     built (or it failed); a reservation that does not fit is refused at once.
     """
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, what: str = "decoding", setting: str = "decode_budget_mb") -> None:
         self.limit = limit_bytes
+        self.what = what
+        self.setting = setting
         self.used = 0
         self.peak = 0
         self._lock = threading.Lock()
@@ -95,16 +97,16 @@ class DecodeBudget:
         """
         if nbytes > self.limit:
             raise InvalidInput(
-                f"a volume inflates to {nbytes} bytes; this server decodes at most {self.limit} at once "
-                "(setting decode_budget_mb)",
+                f"{self.what}: {nbytes} bytes; this server holds at most {self.limit} at once "
+                f"(setting {self.setting})",
                 field="files",
             )
         with self._lock:
             if self.used + nbytes > self.limit:
                 raise Overloaded(
-                    f"the server is decoding {self.used} of {self.limit} bytes; {nbytes} more do not fit; retry "
-                    "with backoff (setting decode_budget_mb)",
-                    field="decode_budget_mb",
+                    f"{self.what}: {self.used} of {self.limit} bytes in use; {nbytes} more do not fit; retry "
+                    f"with backoff (setting {self.setting})",
+                    field=self.setting,
                 )
             self.used += nbytes
             self.peak = max(self.peak, self.used)
@@ -144,6 +146,9 @@ class Runtime:
     engine: Engine | None = None
     batcher: DynamicBatcher | None = None
     budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(1 << 30))
+    pending: DecodeBudget = field(
+        default_factory=lambda: DecodeBudget(768 << 20, "ScoreCase requests pending", "max_pending_mb")
+    )
     decodes: Slots = field(default_factory=lambda: Slots(64, "decoding", "max_pending_decodes"))
     streams: Slots = field(default_factory=lambda: Slots(64, "ScoreBatch streams", "max_streams"))
     decode_s: float = 0.0  # moving average of one case's decode + preprocessing time (seconds)

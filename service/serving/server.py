@@ -62,6 +62,9 @@ class DQEServer:
             ),
             paths=PathPolicy(config.allowed_roots),
             budget=DecodeBudget(config.decode_budget_bytes),
+            pending=DecodeBudget(
+                config.max_pending_mb * 1024 * 1024, "ScoreCase requests pending", "max_pending_mb"
+            ),
             decodes=Slots(config.max_pending_decodes, "ScoreCase decodes pending", "max_pending_decodes"),
             streams=Slots(config.max_streams, "ScoreBatch streams", "max_streams"),
         )
@@ -121,6 +124,9 @@ class DQEServer:
     def start(self) -> None:
         """Start serving (health NOT_SERVING) and load + warm up the model in the background."""
         return_memory_eagerly()
+        threading.Thread(
+            target=trim_memory_forever, args=(self._stopped,), name="dqe-malloc-trim", daemon=True
+        ).start()
         self.grpc_server.start()
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
@@ -244,6 +250,24 @@ def return_memory_eagerly() -> bool:
         return False
     logger.debug("glibc mmap threshold fixed at %d bytes: %s", MMAP_THRESHOLD_BYTES, ok)
     return ok
+
+
+def trim_memory_forever(stop: threading.Event, every_s: float = 5.0) -> None:
+    """Every ``every_s`` seconds, hand the free pages of glibc's heaps back to the OS (``malloc_trim(0)``,
+    a few ms), so memory freed after a burst of requests leaves the process instead of staying resident in
+    the per-thread arenas of the handler threads that received them."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    while not stop.wait(every_s):
+        trim(0)
 
 
 def create_server(config: ServerConfig, engine: Engine | None = None) -> tuple[DQEServer, int]:

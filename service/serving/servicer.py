@@ -15,7 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -104,10 +104,17 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
             raise InvalidInput("request has neither files nor paths; set one", field="source")
         # Bounded decode queue: refused at once when full, or when the wait it predicts exceeds the call's
         # deadline, instead of letting the caller wait for that deadline.
+        size = request.ByteSize()
         self.rt.decodes.acquire()
+        try:
+            self.rt.pending.reserve(size)
+        except BaseException:
+            self.rt.decodes.release()
+            raise
         wait, left = self.rt.expected_decode_wait(), call.remaining()
         if left is not None and wait > left:
             self.rt.decodes.release()
+            self.rt.pending.release(size)
             raise Overloaded(
                 f"about {wait:.1f} s of decoding is queued ahead of this call, more than its {left:.1f} s "
                 "deadline; retry with backoff",
@@ -118,8 +125,14 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
             future = self.rt.decode_pool.submit(ctx.run, self._prepare_case, request, call)
         except BaseException:
             self.rt.decodes.release()
+            self.rt.pending.release(size)
             raise
-        future.add_done_callback(lambda _f: self.rt.decodes.release())
+
+        def done(_f: Future[_Prepared]) -> None:
+            self.rt.decodes.release()
+            self.rt.pending.release(size)
+
+        future.add_done_callback(done)
         prepared = call.wait(future, "decoding")
         del future
         return self._finish(engine, prepared, call, start, run_gate=request.options.run_gate)
