@@ -329,9 +329,9 @@ def _peer(context: grpc.ServicerContext) -> str:
         return ""
 
 
-def _skip(data: bytes) -> None:
-    """A request deserialiser that parses nothing (refused calls never read their request anyway)."""
-    return None
+def _skip(data: bytes) -> bytes:
+    """A request deserialiser that parses nothing (``None`` would read as a deserialisation failure)."""
+    return b""
 
 
 def _on_pool(behavior: Callable[..., Any], pool: ThreadPoolExecutor | None) -> Callable[..., Any]:
