@@ -53,7 +53,7 @@ proto-check: venv
 TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py tests/test_settings.py tests/test_layers.py \
 	tests/test_bench_report.py" \
 	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" \
-	"tests/test_deploy.py"
+	"tests/test_deploy.py" "tests/test_abuse.py"
 
 test: model lint typecheck proto-check
 	$(BIN)/python tests/run_groups.py $(TEST_GROUPS)

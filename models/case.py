@@ -16,7 +16,7 @@ import numpy as np
 
 from dqe.models.contract import CONTRACT_V1, PreprocessingContract
 from dqe.models.errors import EmptySegmentation, InvalidInput, NotFound
-from dqe.models.nifti import Volume, affine_usable, decode_nifti, from_array, load_nifti
+from dqe.models.nifti import DEFAULT_MAX_VOXELS, Volume, affine_usable, decode_nifti, from_array, load_nifti
 
 MODALITIES = ("t1c", "t1", "t2", "flair")
 FIELDS = (*MODALITIES, "segmentation")
@@ -32,6 +32,10 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 _TOKEN_TO_FIELD = {alias: f for f, aliases in ALIASES.items() for alias in aliases}
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+DEFAULT_MAX_GRID_SIDE = 512
+"""Longest grid axis a case may have by default (voxels): 2.1x BraTS's 240; a view is at most 512 x 512 pixels,
+4.6x the network's 240 x 240 input, so one oversized case cannot hold inference for long."""
+DEFAULT_MAX_GRID_VOXELS = DEFAULT_MAX_VOXELS
 
 
 def _stem(name: str) -> str | None:
@@ -97,9 +101,11 @@ class Case:
         t1c, t1, t2, flair, segmentation: decoded volumes (see :mod:`dqe.models.nifti`).
         case_id: a name for logs and reports.
         contract: the preprocessing contract (valid labels).
+        max_side: longest grid axis in voxels (0 = no limit).
+        max_voxels: most voxels in the grid (0 = no limit).
 
     Raises:
-        InvalidInput: shapes differ, labels outside the contract's set, non-integer labels, an image with
+        InvalidInput: a grid over ``max_side`` / ``max_voxels``, shapes differ, labels outside the contract's set, non-integer labels, an image with
             no finite voxel.
         EmptySegmentation: no tumour label anywhere.
     """
@@ -126,6 +132,9 @@ class Case:
         segmentation: Volume,
         case_id: str = "case",
         contract: PreprocessingContract = CONTRACT_V1,
+        *,
+        max_side: int = DEFAULT_MAX_GRID_SIDE,
+        max_voxels: int = DEFAULT_MAX_GRID_VOXELS,
     ) -> None:
         self.t1c, self.t1, self.t2, self.flair, self.segmentation = t1c, t1, t2, flair, segmentation
         self.case_id = case_id
@@ -133,7 +142,7 @@ class Case:
         warnings: list[str] = []
         for vol in self.volumes:
             warnings.extend(vol.notes)
-        self._check_shapes()
+        self._check_shapes(max_side, max_voxels)
         self.labels, self.counts = self._check_labels(warnings)
         self._check_images(warnings)
         self._check_geometry(warnings)
@@ -163,7 +172,7 @@ class Case:
             vols = {k: f.result() for k, f in futures.items()}
         if images:
             vols.update({k: v for k, v in images.items() if k in MODALITIES})
-        return cls(**vols, case_id=case_id or Path(segmentation).name.split(".")[0], contract=contract)
+        return cls.from_volumes(vols, case_id or Path(segmentation).name.split(".")[0], contract)
 
     @classmethod
     def from_folder(
@@ -189,7 +198,7 @@ class Case:
         with ThreadPoolExecutor(max_workers=4) as pool:
             futures = {k: pool.submit(decode_nifti, files[k], k) for k in FIELDS}
             vols = {k: f.result() for k, f in futures.items()}
-        return cls(**vols, case_id=case_id, contract=contract)
+        return cls.from_volumes(vols, case_id, contract)
 
     @classmethod
     def from_arrays(
@@ -206,7 +215,24 @@ class Case:
         """A case from in-memory voxel arrays (same semantics as NIfTI files with no scaling)."""
         arrays = {"t1c": t1c, "t1": t1, "t2": t2, "flair": flair, "segmentation": segmentation}
         vols = {k: from_array(v, k, affine) for k, v in arrays.items()}
-        return cls(**vols, case_id=case_id, contract=contract)
+        return cls.from_volumes(vols, case_id, contract)
+
+    @classmethod
+    def from_volumes(
+        cls,
+        volumes: Mapping[str, Volume],
+        case_id: str = "case",
+        contract: PreprocessingContract = CONTRACT_V1,
+        *,
+        max_side: int = DEFAULT_MAX_GRID_SIDE,
+        max_voxels: int = DEFAULT_MAX_GRID_VOXELS,
+    ) -> Case:
+        """A case from decoded volumes keyed by field name (see the constructor for the limits)."""
+        v = volumes
+        return cls(
+            v["t1c"], v["t1"], v["t2"], v["flair"], v["segmentation"], case_id=case_id, contract=contract,
+            max_side=max_side, max_voxels=max_voxels,
+        )  # fmt: skip
 
     # ----------------------------------------------------------------- properties
     @property
@@ -227,8 +253,17 @@ class Case:
         return [int(v) for v in np.nonzero(self.counts)[0] if v > 0]
 
     # ----------------------------------------------------------------- validation
-    def _check_shapes(self) -> None:
+    def _check_shapes(self, max_side: int, max_voxels: int) -> None:
         ref = self.segmentation.shape
+        if max_side and max(ref) > max_side:
+            raise InvalidInput(
+                f"segmentation has grid {ref}; at most {max_side} voxels along an axis are accepted",
+                field="segmentation",
+            )
+        if max_voxels and int(np.prod(ref, dtype=object)) > max_voxels:
+            raise InvalidInput(
+                f"segmentation has grid {ref}; at most {max_voxels} voxels are accepted", field="segmentation"
+            )
         for vol in self.images:
             if vol.shape != ref:
                 raise InvalidInput(

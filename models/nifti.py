@@ -11,10 +11,13 @@ nibabel's own ``apply_read_scaling``, exactly as ``get_fdata`` would.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import math
 import os
+import stat
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,42 +52,168 @@ def _decompressobj(backend: str) -> Callable[[], Any]:
     return lambda: zlib.decompressobj(GZIP_WBITS)
 
 
-def gunzip(raw: bytes | memoryview, name: str = "file", backend: str | None = None) -> bytes:
-    """Decompress a (possibly multi-member) gzip stream.
+# Inflation reads the input in slices that grow from _IN_FIRST to _IN_MAX bytes within a member, so the copy
+# zlib makes of the data after a member's end (``unused_data``) costs at most about twice the member's own size
+# plus _IN_FIRST: the whole stream inflates in time linear in its size, whatever the member count.
+_IN_FIRST = 512
+_IN_MAX = 1024 * 1024
+_OUT_CHUNK = 4 * 1024 * 1024  # bytes of output per inflate call (and between deadline checks)
+_CHECK_EVERY_MEMBERS = 1024  # deadline/cancel checks while skipping through many tiny members
+# No writer makes tiny members (bgzip: one per 64 KiB of output; pigz, concatenated files: a few), so a
+# stream may have at most 64 members plus one per 4 KiB of output; beyond that it is refused at once.
+_FREE_MEMBERS = 64
+_BYTES_PER_MEMBER = 4096
+_SLACK = 64 * 1024  # bytes a file may inflate to beyond what its header declares (padding) before refusal
+MAX_VOXEL_OFFSET = 16 * 1024 * 1024  # header + extensions; beyond this the file is refused
+DEFAULT_MAX_VOXELS = 32 * 1024 * 1024
+"""Default voxel limit per volume: 33.5 M voxels, 3.8x a BraTS volume (240 x 240 x 155 = 8.9 M); 256^3 and
+512 x 512 x 128 fit."""
 
-    Each member is inflated by one C call on the whole input. With ISA-L that call releases the GIL for
-    its whole duration, so the four modalities of a case decode in parallel threads. (``isal.igzip.decompress``
-    does not: its Python-level reader loop holds the GIL between small chunks, measured no faster in 4
-    threads than sequentially; CPython's zlib behaves the same way.)
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Budgets for decoding one volume; every check runs on the header, before any voxel is inflated.
+
+    Attributes:
+        max_voxels: most voxels in one volume (product of all dimensions); 0 = no limit.
+        max_side: longest axis in voxels; 0 = no limit.
+        max_file_bytes: largest compressed or uncompressed file read from disk; 0 = no limit.
+        reserve: called with the number of bytes about to be allocated for an inflated file, before the
+            allocation; raises (e.g. :class:`dqe.models.errors.Overloaded`) to refuse.
+        check: called between inflation chunks (at most every 4 MiB of output or 1024 gzip members); raises
+            (e.g. a deadline or cancellation error) to stop decoding.
+    """
+
+    max_voxels: int = DEFAULT_MAX_VOXELS
+    max_side: int = 0
+    max_file_bytes: int = 0
+    reserve: Callable[[int], None] | None = None
+    check: Callable[[], None] | None = None
+
+
+def _inflate_chunks(
+    raw: bytes | memoryview, name: str, backend: str, check: Callable[[], None] | None
+) -> Iterator[bytes]:
+    """The output of every gzip member of ``raw`` in chunks of at most 4 MiB (linear time, see above).
+
+    Raises:
+        UnreadableFile: truncated or corrupt stream, or trailing garbage.
+    """
+    make = _decompressobj(backend)
+    view = memoryview(raw).cast("B") if not isinstance(raw, memoryview) else raw.cast("B")
+    size = len(view)
+    pos = 0
+    members = 0
+    produced = 0
+    while True:
+        inflater = make()
+        members += 1
+        if members > _FREE_MEMBERS + produced // _BYTES_PER_MEMBER:
+            raise UnreadableFile(
+                f"{name}: gzip stream has more than {members - 1} members for {produced} bytes of output "
+                f"(at most {_FREE_MEMBERS} plus one per {_BYTES_PER_MEMBER} bytes); refused",
+                field=name,
+            )
+        if check is not None and members % _CHECK_EVERY_MEMBERS == 0:
+            check()
+        step = _IN_FIRST
+        while not inflater.eof:
+            if pos >= size:
+                raise UnreadableFile(f"{name}: gzip stream is truncated", field=name)
+            end = min(size, pos + step)
+            out = inflater.decompress(view[pos:end], _OUT_CHUNK)
+            pos = end
+            step = min(step * 2, _IN_MAX)
+            while True:
+                if out:
+                    produced += len(out)
+                    yield out
+                    if check is not None:
+                        check()
+                tail = inflater.unconsumed_tail
+                if inflater.eof or not tail:
+                    break
+                out = inflater.decompress(tail, _OUT_CHUNK)
+        pos -= len(inflater.unused_data)
+        # Another member follows (concatenated gzip files, pigz); trailing zero padding is ignored as gzip(1)
+        # does.
+        if pos >= size or bytes(view[pos : pos + 2]) != GZIP_MAGIC:
+            if pos < size and bytes(view[pos:]).strip(b"\x00"):
+                raise UnreadableFile(
+                    f"{name}: {size - pos} bytes of trailing garbage after the gzip stream", field=name
+                )
+            return
+
+
+@contextlib.contextmanager
+def _gzip_errors(name: str) -> Iterator[None]:
+    """Maps zlib/isal errors to :class:`UnreadableFile` (without chaining: no traceback keeps buffers alive)."""
+    try:
+        yield
+    except (zlib.error, ValueError, OSError, EOFError) as exc:
+        raise UnreadableFile(f"{name}: gzip stream is truncated or corrupt ({exc})", field=name) from None
+    except Exception as exc:  # isal raises isal_zlib.error, which is not zlib.error
+        if _isal_zlib is not None and isinstance(exc, _isal_zlib.error):
+            raise UnreadableFile(f"{name}: gzip stream is truncated or corrupt ({exc})", field=name) from None
+        raise
+
+
+def gunzip(raw: bytes | memoryview, name: str = "file", backend: str | None = None) -> bytes:
+    """Decompress a (possibly multi-member) gzip stream, in time linear in its size whatever the member count.
+
+    No size limit: servers decode through :func:`decode_nifti`, which caps the output by the NIfTI header.
 
     Raises:
         UnreadableFile: truncated or corrupt stream.
     """
-    make = _decompressobj(backend or gzip_backend())
-    parts: list[bytes] = []
-    data: bytes | memoryview = raw
-    try:
-        while True:
-            inflater = make()
-            parts.append(inflater.decompress(data))
-            if not inflater.eof:
-                raise UnreadableFile(f"{name}: gzip stream is truncated", field=name)
-            data = inflater.unused_data
-            # Another member follows (concatenated gzip files, pigz); trailing zero padding is ignored
-            # as gzip(1) does.
-            if not data or bytes(data[:2]) != GZIP_MAGIC:
-                if data and bytes(data).strip(b"\x00"):
-                    raise UnreadableFile(
-                        f"{name}: {len(data)} bytes of trailing garbage after the gzip stream", field=name
-                    )
+    with _gzip_errors(name):
+        return b"".join(_inflate_chunks(raw, name, backend or gzip_backend(), None))
+
+
+def _inflate_nifti(raw: bytes | memoryview, name: str, limits: DecodeLimits) -> np.ndarray:
+    """Inflate a gzipped NIfTI file into one buffer of exactly the size its header declares.
+
+    The first chunk is inflated, the header parsed and checked against ``limits``, the output reserved with
+    ``limits.reserve``; only then is the rest inflated, at most the declared size plus 64 KiB.
+
+    Raises:
+        UnreadableFile: corrupt stream, not NIfTI, fewer voxel bytes than declared.
+        InvalidInput: over a limit, or more bytes than the header declares.
+    """
+    with _gzip_errors(name):
+        chunks = _inflate_chunks(raw, name, gzip_backend(), limits.check)
+        head = bytearray()
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= 540:
                 break
-    except (zlib.error, ValueError, OSError, EOFError) as exc:
-        raise UnreadableFile(f"{name}: gzip stream is truncated or corrupt ({exc})", field=name) from exc
-    except Exception as exc:  # isal raises isal_zlib.error, which is not zlib.error
-        if _isal_zlib is not None and isinstance(exc, _isal_zlib.error):
-            raise UnreadableFile(f"{name}: gzip stream is truncated or corrupt ({exc})", field=name) from exc
-        raise
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        header = _parse_header(head, name)
+        dtype, shape, offset = _header_layout(header, name, limits)
+        total = offset + math.prod(shape) * dtype.itemsize
+        if limits.reserve is not None:
+            limits.reserve(total)
+        out = np.empty(total, dtype=np.uint8)
+        filled = min(len(head), total)
+        out[:filled] = np.frombuffer(head, dtype=np.uint8, count=filled)
+        extra = len(head) - filled
+        del head
+        for chunk in chunks:
+            take = min(len(chunk), total - filled)
+            if take:
+                out[filled : filled + take] = np.frombuffer(chunk, dtype=np.uint8, count=take)
+                filled += take
+            extra += len(chunk) - take
+            if extra > _SLACK:
+                raise InvalidInput(
+                    f"{name} inflates to more than the {total} bytes its header declares; refused",
+                    field=name,
+                )
+    if filled < total:
+        raise UnreadableFile(
+            f"{name}: file holds {max(filled - offset, 0)} voxel bytes; the header promises {total - offset}",
+            field=name,
+        )
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,7 +282,7 @@ def _scaling(header: nib.Nifti1Header) -> tuple[float, float]:
     return slope, inter
 
 
-def _parse_header(raw: bytes | memoryview, name: str) -> nib.Nifti1Header:
+def _parse_header(raw: bytes | bytearray | memoryview | np.ndarray, name: str) -> nib.Nifti1Header:
     if len(raw) < 348:
         raise UnreadableFile(f"{name}: {len(raw)} bytes is too short for a NIfTI header", field=name)
     sizeof = int.from_bytes(bytes(raw[:4]), "little")
@@ -166,15 +295,48 @@ def _parse_header(raw: bytes | memoryview, name: str) -> nib.Nifti1Header:
         raise UnreadableFile(f"{name}: not a NIfTI-1/2 file ({exc})", field=name) from exc
 
 
-def _header_layout(header: nib.Nifti1Header, name: str) -> tuple[np.dtype, tuple[int, ...], int]:
+def _header_layout(
+    header: nib.Nifti1Header, name: str, limits: DecodeLimits | None = None
+) -> tuple[np.dtype, tuple[int, ...], int]:
+    """Voxel dtype, shape and byte offset from a header, checked against ``limits``.
+
+    Raises:
+        UnreadableFile: the header cannot be interpreted.
+        InvalidInput: negative dimensions, voxel type not integer/float, a volume over the voxel or side
+            limits, a voxel offset beyond 16 MiB.
+    """
+    limits = limits or DecodeLimits()
     try:
         dtype = header.get_data_dtype()
-        shape = tuple(int(s) for s in header.get_data_shape())
+        dims = [int(d) for d in header["dim"]]
         offset = int(header.get_data_offset())
     except Exception as exc:
-        raise UnreadableFile(f"{name}: invalid NIfTI header ({exc})", field=name) from exc
+        raise UnreadableFile(f"{name}: invalid NIfTI header ({str(exc)[:200]})", field=name) from None
+    ndim = dims[0]
+    if not 1 <= ndim <= 7:
+        raise InvalidInput(f"{name} header has dim[0] = {ndim}; expected 1-7 dimensions", field=name)
+    shape = tuple(dims[1 : ndim + 1])
+    if any(s < 0 for s in shape):
+        raise InvalidInput(f"{name} header has negative dimensions {list(shape)}", field=name)
     if dtype.fields is not None or dtype.kind not in "iuf":
         raise InvalidInput(f"{name} has voxel type {dtype}; expected integers or floats", field=name)
+    voxels = math.prod(shape)
+    if limits.max_voxels and voxels > limits.max_voxels:
+        raise InvalidInput(
+            f"{name} declares {list(shape)} = {voxels} voxels; this server accepts at most "
+            f"{limits.max_voxels} per volume",
+            field=name,
+        )
+    if limits.max_side and shape and max(shape) > limits.max_side:
+        raise InvalidInput(
+            f"{name} declares shape {list(shape)}; this server accepts at most {limits.max_side} voxels "
+            "along an axis",
+            field=name,
+        )
+    if not 0 <= offset <= MAX_VOXEL_OFFSET:
+        raise InvalidInput(
+            f"{name} header has voxel offset {offset}; expected 0-{MAX_VOXEL_OFFSET}", field=name
+        )
     return dtype, shape, offset
 
 
@@ -193,50 +355,97 @@ def _volume(header: nib.Nifti1Header, data: np.ndarray, name: str, source: str) 
     )
 
 
-def decode_nifti(raw: bytes | memoryview, name: str = "file", source: str = "") -> Volume:
+def decode_nifti(
+    raw: bytes | memoryview, name: str = "file", source: str = "", limits: DecodeLimits | None = None
+) -> Volume:
     """A :class:`Volume` from the bytes of a ``.nii`` or ``.nii.gz`` file (gzip detected by magic).
+
+    Gzip input is inflated only after its header passed ``limits`` (default :class:`DecodeLimits`: at most
+    32 Mi voxels per volume), and never beyond the size the header declares.
 
     Raises:
         UnreadableFile: truncated gzip, not NIfTI, or fewer voxel bytes than the header promises.
-        InvalidInput: not 3-D (trailing singleton axes are dropped with a note).
+        InvalidInput: not 3-D (trailing singleton axes are dropped with a note), over a limit.
+        whatever ``limits.reserve`` / ``limits.check`` raise.
     """
+    limits = limits or DecodeLimits()
+    buffer: bytes | memoryview | np.ndarray = raw
     if bytes(raw[:2]) == GZIP_MAGIC:
-        raw = gunzip(raw, name)
-    header = _parse_header(raw, name)
-    dtype, shape, offset = _header_layout(header, name)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) < offset + nbytes:
+        buffer = _inflate_nifti(raw, name, limits)
+    header = _parse_header(buffer, name)
+    dtype, shape, offset = _header_layout(header, name, limits)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if len(buffer) < offset + nbytes:
         raise UnreadableFile(
-            f"{name}: file holds {max(len(raw) - offset, 0)} voxel bytes; the header promises {nbytes}",
+            f"{name}: file holds {max(len(buffer) - offset, 0)} voxel bytes; the header promises {nbytes}",
             field=name,
         )
-    data = np.ndarray(shape, dtype=dtype, buffer=raw, offset=offset, order="F")
+    data = np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset, order="F")
     return _volume(header, data, name, source)
 
 
-def load_nifti(path: str | Path, name: str = "file") -> Volume:
+def load_nifti(path: str | Path, name: str = "file", limits: DecodeLimits | None = None) -> Volume:
     """A :class:`Volume` from a file: ``.nii`` memory-mapped, anything else read and decoded once.
 
     Raises:
         NotFound: the path does not exist.
-        UnreadableFile: see :func:`decode_nifti`.
+        UnreadableFile, InvalidInput: see :func:`decode_nifti`.
     """
     path = Path(path)
     if not path.is_file():
         raise NotFound(f"{name}: file {str(path)!r} does not exist", field=name)
-    with path.open("rb") as fh:
-        head = fh.read(540)
-    if head[:2] != GZIP_MAGIC and path.suffix == ".nii":
-        return _load_mmap(path, head, name)
-    return decode_nifti(path.read_bytes(), name=name, source=str(path))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        return load_nifti_fd(fd, name, str(path), limits, mmap_ok=path.suffix == ".nii")
+    finally:
+        os.close(fd)
 
 
-def _load_mmap(path: Path, head: bytes, name: str) -> Volume:
+def load_nifti_fd(
+    fd: int,
+    name: str = "file",
+    source: str = "",
+    limits: DecodeLimits | None = None,
+    mmap_ok: bool = True,
+) -> Volume:
+    """A :class:`Volume` from an open regular file: uncompressed files are memory-mapped (only the pages a
+    slice touches are read), gzip files read once (at most ``limits.max_file_bytes``) and decoded.
+
+    The descriptor is only read (the caller keeps and closes it); the mapping stays valid after it closes.
+
+    Raises:
+        InvalidInput: not a regular file, larger than ``limits.max_file_bytes``, over a decode limit.
+        UnreadableFile: see :func:`decode_nifti`.
+    """
+    limits = limits or DecodeLimits()
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidInput(f"{name}: {source[:200]!r} is not a regular file", field=name)
+    if limits.max_file_bytes and info.st_size > limits.max_file_bytes:
+        raise InvalidInput(
+            f"{name}: file is {info.st_size} bytes; this server reads at most {limits.max_file_bytes}",
+            field=name,
+        )
+    head = os.pread(fd, 540, 0)
+    if head[:2] != GZIP_MAGIC and mmap_ok:
+        return _load_mmap(fd, info.st_size, head, name, source, limits)
+    raw = bytearray(info.st_size)
+    view = memoryview(raw)
+    got = 0
+    while got < len(raw):
+        n = os.preadv(fd, [view[got:]], got)
+        if n <= 0:
+            break
+        got += n
+    del view
+    return decode_nifti(memoryview(raw)[:got], name=name, source=source, limits=limits)
+
+
+def _load_mmap(fd: int, size: int, head: bytes, name: str, source: str, limits: DecodeLimits) -> Volume:
     """Map the voxels of an uncompressed file read-only: only the pages a slice touches are read."""
     header = _parse_header(head, name)
-    dtype, shape, offset = _header_layout(header, name)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    size = path.stat().st_size
+    dtype, shape, offset = _header_layout(header, name, limits)
+    nbytes = math.prod(shape) * dtype.itemsize
     if size < offset + nbytes:
         raise UnreadableFile(
             f"{name}: file holds {max(size - offset, 0)} voxel bytes; the header promises {nbytes}",
@@ -245,8 +454,10 @@ def _load_mmap(path: Path, head: bytes, name: str) -> Volume:
     if nbytes == 0:
         data = np.zeros(shape, dtype=dtype, order="F")
     else:
-        data = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F")
-    return _volume(header, data, name, str(path))
+        # np.memmap maps the file through its own duplicate of the descriptor: the very file opened.
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = np.memmap(fh, dtype=dtype, mode="r", offset=offset, shape=shape, order="F")
+    return _volume(header, data, name, source)
 
 
 def from_array(array: np.ndarray, name: str, affine: np.ndarray | None = None) -> Volume:

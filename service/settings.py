@@ -31,6 +31,7 @@ from dqe.models.registry import DEFAULT_MODEL_ID
 
 MIB = 1024 * 1024
 ENV_PREFIX = "DQE_"
+_RESERVED_HANDLER_THREADS = 8  # handler threads scoring calls never hold (fast refusals, GetModelInfo)
 # Environment names that differ from DQE_<FIELD>.
 ENV_NAMES = {"model_id": "DQE_MODEL", "intra_op_threads": "DQE_THREADS"}
 S = TypeVar("S", bound="Settings")
@@ -164,11 +165,30 @@ class ServerConfig(Settings):
         host: interface to bind (``0.0.0.0`` all IPv4, ``[::]`` all, ``127.0.0.1`` loopback only).
         port: gRPC port; 0 picks a free one (see ``port_file``).
         port_file: write the bound gRPC port to this file once listening (for orchestration and tests).
-        max_message_mb: largest request and response in MiB (gRPC's default is 4 MiB; one case is 10-30 MB
-            compressed, 143 MB raw).
-        handler_threads: gRPC handler threads (concurrent calls being served; the rest wait in gRPC).
+        max_message_mb: largest request and response in MiB (gRPC's default is 4 MiB). The default, 64, is
+            5.8x the five ``.nii.gz`` of the real BraTS-GLI-00001-000 case (11.07 MB measured; 89 MB once
+            inflated): compressed cases fit with room, uncompressed full-size cases need a larger limit, server-side
+            paths or ``ScoreViews`` (3 x 7 x 240 x 240 float32 = 4.8 MB).
+        handler_threads: gRPC handler threads (concurrent calls being served; the rest wait in gRPC). Scoring
+            calls may hold all but 8 of them (half when fewer than 16); health and ``GetModelInfo`` run on their own ``control_threads``.
+        control_threads: threads that answer health checks and ``GetModelInfo`` whatever the scoring load.
         max_concurrent_rpcs: calls beyond this are refused with RESOURCE_EXHAUSTED by gRPC itself.
         decode_workers: threads decoding NIfTI and building views (bounds CPU and memory of decoding).
+        max_pending_decodes: ``ScoreCase`` calls (and stream items) waiting for or in decoding; more get
+            RESOURCE_EXHAUSTED at once.
+        max_pending_mb: MiB of ``ScoreCase`` requests (their message bytes) waiting for or in decoding; a
+            request that does not fit gets RESOURCE_EXHAUSTED at once (default 768: about 70 compressed BraTS
+            cases of 11 MB).
+        decode_budget_mb: MiB of inflated NIfTI the whole server may hold for calls being decoded; a call that
+            would exceed it gets RESOURCE_EXHAUSTED before inflating (one that needs more than all of it,
+            INVALID_ARGUMENT).
+        max_volume_voxels: most voxels in one decoded volume, checked from the header before inflating
+            (default 32 Mi = 3.8x a BraTS 240 x 240 x 155 volume).
+        max_grid_side: longest axis of a case's grid in voxels (default 512, 2.1x BraTS's 240).
+        max_view_side: largest height/width of a ``ScoreViews`` tensor (default 512).
+        max_streams: concurrent ``ScoreBatch`` streams; more get RESOURCE_EXHAUSTED at once.
+        stream_idle_s: a ``ScoreBatch`` stream with nothing in flight that sends nothing for this long is ended
+            with DEADLINE_EXCEEDED.
         max_batch_size: views per inference batch (3 views per case).
         max_queue_delay_ms: how long the first view of a batch waits for more to arrive.
         max_queue: views waiting for inference before new requests get RESOURCE_EXHAUSTED.
@@ -195,10 +215,19 @@ class ServerConfig(Settings):
     host: str = "0.0.0.0"
     port: int = 50051
     port_file: str = ""
-    max_message_mb: int = 512
-    handler_threads: int = 64
-    max_concurrent_rpcs: int = 256
+    max_message_mb: int = 64
+    handler_threads: int = 160
+    control_threads: int = 4
+    max_concurrent_rpcs: int = 512
     decode_workers: int = 2
+    max_pending_decodes: int = 64
+    max_pending_mb: int = 768
+    decode_budget_mb: int = 1024
+    max_volume_voxels: int = 32 * MIB
+    max_grid_side: int = 512
+    max_view_side: int = 512
+    max_streams: int = 64
+    stream_idle_s: float = 60.0
     max_batch_size: int = 24
     max_queue_delay_ms: float = 5.0
     max_queue: int = 768
@@ -230,10 +259,28 @@ class ServerConfig(Settings):
             "max_concurrent_rpcs",
             "decode_workers",
             "max_batch_size",
+            "control_threads",
+            "max_pending_decodes",
+            "decode_budget_mb",
+            "max_pending_mb",
+            "max_volume_voxels",
+            "max_grid_side",
+            "max_streams",
         )
         for name in (*positive, "max_queue", "batch_workers"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"{name} is {getattr(self, name)}; expected >= 1", field=name)
+        if self.handler_threads < 2:
+            raise InvalidInput(
+                f"handler_threads is {self.handler_threads}; expected >= 2", field="handler_threads"
+            )
+        if self.max_view_side < 240:
+            raise InvalidInput(
+                f"max_view_side is {self.max_view_side}; expected >= 240 (the network's input size)",
+                field="max_view_side",
+            )
+        if not self.stream_idle_s > 0:
+            raise InvalidInput(f"stream_idle_s is {self.stream_idle_s}; expected > 0", field="stream_idle_s")
         if not 0 <= self.port <= 65535:
             raise InvalidInput(f"port is {self.port}; expected 0-65535", field="port")
         if self.max_call_s < 0:
@@ -258,6 +305,15 @@ class ServerConfig(Settings):
     @property
     def max_message_bytes(self) -> int:
         return self.max_message_mb * MIB
+
+    @property
+    def decode_budget_bytes(self) -> int:
+        return self.decode_budget_mb * MIB
+
+    @property
+    def max_scoring_calls(self) -> int:
+        """Scoring calls that may hold a handler thread at once (the rest are refused at once)."""
+        return self.handler_threads - min(_RESERVED_HANDLER_THREADS, self.handler_threads // 2)
 
     @property
     def tls(self) -> bool:

@@ -30,13 +30,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     net.add_argument(
         "--max-message-mb",
         type=int,
-        help="largest request/response in MiB (env DQE_MAX_MESSAGE_MB, default 512)",
+        help="largest request/response in MiB (env DQE_MAX_MESSAGE_MB, default 64)",
     )
     net.add_argument(
-        "--handler-threads", type=int, help="gRPC handler threads (env DQE_HANDLER_THREADS, default 64)"
+        "--handler-threads", type=int, help="gRPC handler threads (env DQE_HANDLER_THREADS, default 160)"
     )
     net.add_argument(
-        "--max-concurrent-rpcs", type=int, help="calls beyond this get RESOURCE_EXHAUSTED (default 256)"
+        "--control-threads",
+        type=int,
+        help="threads for health and GetModelInfo only (env DQE_CONTROL_THREADS, default 4)",
+    )
+    net.add_argument(
+        "--max-concurrent-rpcs", type=int, help="calls beyond this get RESOURCE_EXHAUSTED (default 512)"
     )
     net.add_argument(
         "--grace-s",
@@ -92,6 +97,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     bat.add_argument(
         "--decode-workers", type=int, help="threads decoding NIfTI (env DQE_DECODE_WORKERS, default 2)"
+    )
+    lim = p.add_argument_group("limits")
+    lim.add_argument(
+        "--max-pending-decodes",
+        type=int,
+        help="ScoreCase calls waiting for or in decoding before RESOURCE_EXHAUSTED "
+        "(env DQE_MAX_PENDING_DECODES, default 64)",
+    )
+    lim.add_argument(
+        "--max-pending-mb",
+        type=int,
+        help="MiB of ScoreCase requests waiting for or in decoding before RESOURCE_EXHAUSTED "
+        "(env DQE_MAX_PENDING_MB, default 768)",
+    )
+    lim.add_argument(
+        "--decode-budget-mb",
+        type=int,
+        help="MiB of inflated NIfTI held by calls being decoded, server-wide (env DQE_DECODE_BUDGET_MB, "
+        "default 1024)",
+    )
+    lim.add_argument(
+        "--max-volume-voxels",
+        type=int,
+        help="voxels per volume, checked from the header (env DQE_MAX_VOLUME_VOXELS, default 33554432)",
+    )
+    lim.add_argument(
+        "--max-grid-side", type=int, help="longest case grid axis (env DQE_MAX_GRID_SIDE, default 512)"
+    )
+    lim.add_argument(
+        "--max-view-side", type=int, help="largest ScoreViews H/W (env DQE_MAX_VIEW_SIDE, default 512)"
+    )
+    lim.add_argument(
+        "--max-streams", type=int, help="concurrent ScoreBatch streams (env DQE_MAX_STREAMS, default 64)"
+    )
+    lim.add_argument(
+        "--stream-idle-s",
+        type=float,
+        help="end a ScoreBatch stream idle this long (env DQE_STREAM_IDLE_S, default 60)",
     )
     bat.add_argument(
         "--no-warmup",

@@ -2,10 +2,18 @@
 
 Every call goes through :class:`ServiceInterceptor`:
 
-* a request id (the caller's ``x-request-id`` metadata, else a fresh one) is sent back in the initial
+* a request id (the caller's ``x-request-id`` metadata when it is 1-64 characters of ``[A-Za-z0-9._:-]``,
+  else a fresh one, with the caller's value logged beside it, truncated) is sent back in the initial
   metadata, set in a context variable for log records and the response, and logged with the outcome;
 * when a bearer token is configured, calls other than health checks must carry
-  ``authorization: Bearer <token>`` (else UNAUTHENTICATED);
+  ``authorization: Bearer <token>``. The token is checked here, from the metadata, before gRPC reads the
+  request: a call without a valid token gets a handler that takes the request as a stream and never reads it,
+  so its message is neither received into Python, deserialised nor decoded (gRPC core still buffers what
+  HTTP/2 flow control lets the client send before the UNAUTHENTICATED status resets the stream: at most the
+  stream's window, a few MiB);
+* health ``Check`` and ``GetModelInfo`` run on their own small thread pool, so they are answered whatever the
+  scoring load; scoring calls may hold at most ``max_scoring_calls`` handler threads and are refused with
+  RESOURCE_EXHAUSTED at once beyond that;
 * a :class:`dqe.models.errors.DQEError` becomes its ``code`` with a message naming the field and the value
   (trailing metadata ``dqe-error-field`` / ``dqe-error-kind``); anything else becomes INTERNAL with the
   traceback logged and only the request id sent.
@@ -17,20 +25,28 @@ import contextlib
 import contextvars
 import hmac
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
-from dqe.models.errors import DQEError, Unauthenticated
+from dqe.models.errors import DQEError, Overloaded, Unauthenticated
+from dqe.service.serving.runtime import Slots, drop_traceback
 from dqe.service.serving.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("dqe_request_id", default="-")
 AUTH_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+# Unary calls that must answer under any load: run on the control pool, never counted as scoring.
+CONTROL_METHODS = ("/grpc.health.v1.Health/Check", "/dqe.v1.QualityEstimation/GetModelInfo")
+SCORING_PREFIX = "/dqe.v1.QualityEstimation/Score"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+MAX_STATUS_CHARS = 1000  # status messages are cut to this (they may quote client values)
 
 
 def current_request_id() -> str:
@@ -39,10 +55,20 @@ def current_request_id() -> str:
 
 
 def error_message(exc: DQEError) -> str:
-    """The status message: the error's message, prefixed with its field when the message does not name it."""
-    if exc.field and not exc.message.startswith(exc.field):
-        return f"{exc.field}: {exc.message}"
-    return exc.message
+    """The status message: the error's message, prefixed with its field when the message does not name it,
+    cut to 1000 characters."""
+    text = (
+        f"{exc.field}: {exc.message}" if exc.field and not exc.message.startswith(exc.field) else exc.message
+    )
+    return text if len(text) <= MAX_STATUS_CHARS else text[:MAX_STATUS_CHARS] + "...[truncated]"
+
+
+def request_id(given: Any) -> tuple[str, str]:
+    """The id to use for a call and the client's rejected value (``""`` when it was used or absent)."""
+    value = "" if given is None else str(given)
+    if value and _REQUEST_ID.fullmatch(value):
+        return value, ""
+    return uuid.uuid4().hex[:16], value[:64] + ("...[truncated]" if len(value) > 64 else "")
 
 
 def status_code(exc: DQEError) -> grpc.StatusCode:
@@ -58,9 +84,23 @@ def abort_with(context: grpc.ServicerContext, exc: DQEError) -> None:
 class ServiceInterceptor(grpc.ServerInterceptor):
     """Auth, request ids, error mapping, metrics and one log line per call."""
 
-    def __init__(self, token: str = "", metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        token: str = "",
+        metrics: Metrics | None = None,
+        control_pool: ThreadPoolExecutor | None = None,
+        max_scoring_calls: int = 0,
+        admission: Callable[[str], DQEError | None] | None = None,
+    ) -> None:
         self._token = token.encode() if token else b""
         self._metrics = metrics
+        self._control_pool = control_pool
+        self._admission = admission
+        self.scoring = (
+            Slots(max_scoring_calls, "scoring calls in progress", "handler_threads")
+            if max_scoring_calls
+            else None
+        )
 
     # ------------------------------------------------------------------ grpc hook
     def intercept_service(
@@ -73,11 +113,74 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             return None
         method: str = handler_call_details.method  # type: ignore[attr-defined]
         metadata = {k.lower(): v for k, v in (handler_call_details.invocation_metadata or ())}  # type: ignore[attr-defined]
-        rid = str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])[:64]
+        rid, rejected = request_id(metadata.get("x-request-id"))
+        if rejected:
+            logger.info(
+                "request id %r from the client is not 1-64 of [A-Za-z0-9._:-]; using %s",
+                rejected,
+                rid,
+                extra={"event": "request_id_replaced", "client_request_id": rejected, "request_id": rid},
+            )
         auth_error = self._auth_error(method, metadata)
+        if auth_error is not None:
+            return self._refusal(handler, method, rid, auth_error, read=False)
+        full = self._full(method)
+        if full is not None:
+            # Read (not parse) the request first: refusing while a large message is still arriving can let the
+            # stream reset overtake the status, and the caller would see CANCELLED instead of
+            # RESOURCE_EXHAUSTED. The bytes are dropped at once.
+            return self._refusal(handler, method, rid, full, read=not handler.request_streaming)
+        pool = self._control_pool if method in CONTROL_METHODS else None
+        slots = self.scoring if method.startswith(SCORING_PREFIX) else None
         return _wrap(
-            handler, lambda behavior, streaming: self._guard(behavior, streaming, method, rid, auth_error)
+            handler,
+            lambda behavior, streaming: self._guard(behavior, streaming, method, rid, None, slots),
+            pool,
         )
+
+    def _full(self, method: str) -> DQEError | None:
+        """RESOURCE_EXHAUSTED for a scoring call that would find its queue full, decided before its request is
+        read (the queues' own checks stay authoritative; this only refuses early and cheaply)."""
+        if not method.startswith(SCORING_PREFIX):
+            return None
+        if self.scoring is not None and self.scoring.held >= self.scoring.limit:
+            return Overloaded(
+                f"{self.scoring.what}: all {self.scoring.limit} are in use; retry with backoff",
+                field=self.scoring.setting,
+            )
+        return self._admission(method) if self._admission is not None else None
+
+    def _refusal(
+        self, handler: grpc.RpcMethodHandler, method: str, rid: str, error: DQEError, read: bool
+    ) -> grpc.RpcMethodHandler:
+        """A handler that ends the call with ``error`` without parsing its request.
+
+        With ``read=False`` it takes the request as a stream (whatever the method's real shape; the wire format
+        is the same) and never iterates it, so gRPC never receives the message into Python nor calls a
+        deserialiser. With ``read=True`` (unary requests) gRPC receives the bytes and a no-op deserialiser
+        drops them.
+        """
+
+        def refuse(request_iterator: Any, context: grpc.ServicerContext) -> Any:
+            token = self._enter(context, rid)
+            start = time.perf_counter()
+            try:
+                self._handle(error, context, method, rid)
+            finally:
+                self._exit(context, method, rid, start, token)
+
+        def refuse_stream(request_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            refuse(request_iterator, context)
+            yield from ()
+
+        kwargs = {"request_deserializer": _skip, "response_serializer": handler.response_serializer}
+        if read and handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
+        if read:
+            return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
+        if handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
+        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
 
     def _auth_error(self, method: str, metadata: dict[str, Any]) -> Unauthenticated | None:
         if not self._token or method.startswith(AUTH_EXEMPT_PREFIXES):
@@ -100,19 +203,26 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         method: str,
         rid: str,
         auth_error: DQEError | None,
+        slots: Slots | None = None,
     ) -> Callable[..., Any]:
         if streaming:
 
             def stream_behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 token = self._enter(context, rid)
                 start = time.perf_counter()
+                held = False
                 try:
                     if auth_error is not None:
                         raise auth_error
+                    if slots is not None:
+                        slots.acquire()
+                        held = True
                     yield from behavior(request, context)
                 except BaseException as exc:
                     self._handle(exc, context, method, rid)
                 finally:
+                    if held and slots is not None:
+                        slots.release()
                     self._exit(context, method, rid, start, token)
 
             return stream_behavior
@@ -120,13 +230,19 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         def unary_behavior(request: Any, context: grpc.ServicerContext) -> Any:
             token = self._enter(context, rid)
             start = time.perf_counter()
+            held = False
             try:
                 if auth_error is not None:
                     raise auth_error
+                if slots is not None:
+                    slots.acquire()
+                    held = True
                 return behavior(request, context)
             except BaseException as exc:
                 self._handle(exc, context, method, rid)
             finally:
+                if held and slots is not None:
+                    slots.release()
                 self._exit(context, method, rid, start, token)
 
         return unary_behavior
@@ -141,10 +257,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
 
     def _handle(self, exc: BaseException, context: grpc.ServicerContext, method: str, rid: str) -> None:
         if isinstance(exc, DQEError):
+            # The traceback's frames hold the request's buffers: drop them now, not at the next full GC.
+            drop_traceback(exc)
             abort_with(context, exc)
         if isinstance(exc, GeneratorExit) or _already_aborted(context):
             raise exc
         logger.error("unhandled error in %s [request %s]", method, rid, exc_info=exc)
+        drop_traceback(exc)
         context.set_trailing_metadata((("dqe-error-kind", "InternalError"),))
         context.abort(
             grpc.StatusCode.INTERNAL, f"internal server error (request id {rid}); see the server log"
@@ -210,16 +329,32 @@ def _peer(context: grpc.ServicerContext) -> str:
         return ""
 
 
+def _skip(data: bytes) -> bytes:
+    """A request deserialiser that parses nothing (``None`` would read as a deserialisation failure)."""
+    return b""
+
+
+def _on_pool(behavior: Callable[..., Any], pool: ThreadPoolExecutor | None) -> Callable[..., Any]:
+    """``behavior`` marked to run on ``pool`` (gRPC's ``experimental_thread_pool`` hook) when one is given."""
+    if pool is not None:
+        behavior.experimental_thread_pool = pool  # type: ignore[attr-defined]
+    return behavior
+
+
 def _wrap(
-    handler: grpc.RpcMethodHandler, guard: Callable[[Callable[..., Any], bool], Callable[..., Any]]
+    handler: grpc.RpcMethodHandler,
+    guard: Callable[[Callable[..., Any], bool], Callable[..., Any]],
+    pool: ThreadPoolExecutor | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A copy of ``handler`` whose behaviour runs inside ``guard``."""
+    """A copy of ``handler`` whose behaviour runs inside ``guard`` (on ``pool`` when given, unary only)."""
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary, False), **kwargs)
+        return grpc.unary_unary_rpc_method_handler(
+            _on_pool(guard(handler.unary_unary, False), pool), **kwargs
+        )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream, True), **kwargs)
     if handler.stream_unary is not None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
-from dqe.models.errors import CallCancelled, DeadlineExpired, ModelNotReady
+from dqe.models.errors import CallCancelled, DeadlineExpired, InvalidInput, ModelNotReady, Overloaded
 from dqe.service.serving.batcher import DynamicBatcher
 from dqe.service.serving.paths import PathPolicy
 from dqe.service.settings import ServerConfig
@@ -24,6 +26,113 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class Slots:
+    """A counter of things in flight with a hard maximum that refuses at once (never waits).
+
+    Args:
+        limit: most holders at once.
+        what: a phrase for the error message (``"ScoreBatch streams"``).
+        setting: the setting that raises the limit (named in the message).
+    """
+
+    def __init__(self, limit: int, what: str, setting: str) -> None:
+        self.limit = limit
+        self.what = what
+        self.setting = setting
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def acquire(self) -> None:
+        """Take one slot.
+
+        Raises:
+            Overloaded: all ``limit`` slots are held.
+        """
+        with self._lock:
+            if self.held >= self.limit:
+                raise Overloaded(
+                    f"{self.what}: all {self.limit} are in use; retry with backoff (server setting {self.setting})",
+                    field=self.setting,
+                )
+            self.held += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.held -= 1
+
+    def full(self) -> Overloaded | None:
+        """The error :meth:`acquire` would raise now, or ``None`` (a cheap early check, not a reservation)."""
+        if self.held < self.limit:
+            return None
+        return Overloaded(
+            f"{self.what}: all {self.limit} are in use; retry with backoff (server setting {self.setting})",
+            field=self.setting,
+        )
+
+
+class DecodeBudget:
+    """Bytes of inflated NIfTI the server holds for calls being decoded, with a hard server-wide maximum.
+
+    A call reserves each volume's declared size before inflating it and releases everything once its views are
+    built (or it failed); a reservation that does not fit is refused at once.
+    """
+
+    def __init__(self, limit_bytes: int, what: str = "decoding", setting: str = "decode_budget_mb") -> None:
+        self.limit = limit_bytes
+        self.what = what
+        self.setting = setting
+        self.used = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, nbytes: int) -> None:
+        """Reserve ``nbytes``.
+
+        Raises:
+            InvalidInput: more than the whole budget (this server can never decode it).
+            Overloaded: the budget cannot hold it now.
+        """
+        if nbytes > self.limit:
+            raise InvalidInput(
+                f"{self.what}: {nbytes} bytes; this server holds at most {self.limit} at once "
+                f"(setting {self.setting})",
+                field="files",
+            )
+        with self._lock:
+            if self.used + nbytes > self.limit:
+                raise Overloaded(
+                    f"{self.what}: {self.used} of {self.limit} bytes in use; {nbytes} more do not fit; retry "
+                    f"with backoff (setting {self.setting})",
+                    field=self.setting,
+                )
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self.used -= nbytes
+
+
+class Reservation:
+    """One call's share of a :class:`DecodeBudget`: reserve per volume, release all at once (thread-safe)."""
+
+    def __init__(self, budget: DecodeBudget) -> None:
+        self.budget = budget
+        self.held = 0
+        self._lock = threading.Lock()
+
+    def reserve(self, nbytes: int) -> None:
+        self.budget.reserve(nbytes)
+        with self._lock:
+            self.held += nbytes
+
+    def release(self) -> None:
+        with self._lock:
+            held, self.held = self.held, 0
+        if held:
+            self.budget.release(held)
+
+
 @dataclass
 class Runtime:
     """What the servicer needs; the engine and batcher appear once the model is loaded and warm."""
@@ -33,6 +142,31 @@ class Runtime:
     paths: PathPolicy
     engine: Engine | None = None
     batcher: DynamicBatcher | None = None
+    budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(1 << 30))
+    pending: DecodeBudget = field(
+        default_factory=lambda: DecodeBudget(768 << 20, "ScoreCase requests pending", "max_pending_mb")
+    )
+    decodes: Slots = field(default_factory=lambda: Slots(64, "decoding", "max_pending_decodes"))
+    streams: Slots = field(default_factory=lambda: Slots(64, "ScoreBatch streams", "max_streams"))
+    decode_s: float = 0.0  # moving average of one case's decode + preprocessing time (seconds)
+
+    def observe_decode(self, seconds: float) -> None:
+        """Feed one case's decode + preprocessing time into the moving average (weight 0.2)."""
+        self.decode_s = seconds if self.decode_s == 0.0 else 0.8 * self.decode_s + 0.2 * seconds
+
+    def expected_decode_wait(self) -> float:
+        """Seconds a case queued now would wait before its decoding starts (from the moving average)."""
+        ahead = max(self.decodes.held - self.config.decode_workers, 0)
+        return ahead * self.decode_s / self.config.decode_workers
+
+    def admission(self, method: str) -> Overloaded | None:
+        """RESOURCE_EXHAUSTED for a call to ``method`` whose queue is full now (checked before its request is
+        read; see :class:`dqe.service.serving.interceptor.ServiceInterceptor`)."""
+        if method.endswith("/ScoreCase"):
+            return self.decodes.full()
+        if method.endswith("/ScoreBatch"):
+            return self.streams.full()
+        return None
 
     def ready(self) -> tuple[Engine, DynamicBatcher]:
         """The engine and batcher.
@@ -61,6 +195,7 @@ class CallInfo:
     """
 
     def __init__(self, context: grpc.ServicerContext | None, max_call_s: float = 0.0) -> None:
+        self.cancelled = threading.Event()
         remaining = context.time_remaining() if context is not None else None
         if remaining is not None and remaining > NO_DEADLINE_S:
             remaining = None
@@ -70,6 +205,8 @@ class CallInfo:
         self._context = context
 
     def is_active(self) -> bool:
+        if self.cancelled.is_set():
+            return False
         return self._context is None or bool(self._context.is_active())
 
     def remaining(self) -> float | None:
@@ -86,9 +223,35 @@ class CallInfo:
             raise CallCancelled(f"the caller went away before {stage}; work dropped")
 
     def wait(self, future: Future[T], stage: str) -> T:
-        """``future.result()`` within the deadline (the future is cancelled when it runs out)."""
+        """``future.result()`` within the deadline; when it runs out the future is cancelled and running work
+        is told to stop (:meth:`is_active` turns False, so decoding stops at its next chunk).
+
+        Errors raised by the work are re-raised without their traceback (whose frames would keep request
+        buffers alive until a full garbage collection).
+        """
         try:
             return future.result(timeout=self.remaining())
         except FutureTimeout:
             future.cancel()
+            self.cancelled.set()
             raise DeadlineExpired(f"the call's deadline passed during {stage}", field="deadline") from None
+        except BaseException as exc:
+            drop_traceback(exc)
+            raise exc.with_traceback(None) from None
+        finally:
+            del future
+
+
+def drop_traceback(exc: BaseException) -> None:
+    """Clear the frames of ``exc``'s traceback (and of the exceptions chained to it) so that the buffers their
+    locals hold are freed now, not at the next full garbage collection."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)
+            current.__traceback__ = None
+        nxt = current.__cause__ or current.__context__
+        current.__cause__ = current.__context__ = None
+        current = nxt

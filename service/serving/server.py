@@ -28,7 +28,7 @@ from dqe.service.engine import Engine
 from dqe.service.serving.batcher import DynamicBatcher
 from dqe.service.serving.interceptor import REQUEST_ID, ServiceInterceptor
 from dqe.service.serving.paths import PathPolicy
-from dqe.service.serving.runtime import Runtime
+from dqe.service.serving.runtime import DecodeBudget, Runtime, Slots
 from dqe.service.serving.servicer import SERVICE_NAME, QualityEstimationServicer
 from dqe.service.serving.telemetry import Metrics
 from dqe.service.settings import ServerConfig
@@ -48,6 +48,10 @@ class DQEServer:
     def __init__(self, config: ServerConfig, engine: Engine | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
+        # Health Check and GetModelInfo run on this pool (see the interceptor), never behind scoring calls.
+        self.control_pool = ThreadPoolExecutor(
+            max_workers=config.control_threads, thread_name_prefix="dqe-control"
+        )
         self.health = health.HealthServicer(
             experimental_non_blocking=True, experimental_thread_pool=ThreadPoolExecutor(max_workers=2)
         )
@@ -59,6 +63,12 @@ class DQEServer:
                 max_workers=config.decode_workers, thread_name_prefix="dqe-decode"
             ),
             paths=PathPolicy(config.allowed_roots),
+            budget=DecodeBudget(config.decode_budget_bytes),
+            pending=DecodeBudget(
+                config.max_pending_mb * 1024 * 1024, "ScoreCase requests pending", "max_pending_mb"
+            ),
+            decodes=Slots(config.max_pending_decodes, "ScoreCase decodes pending", "max_pending_decodes"),
+            streams=Slots(config.max_streams, "ScoreBatch streams", "max_streams"),
         )
         self._engine = engine
         self.ready = threading.Event()
@@ -69,7 +79,15 @@ class DQEServer:
         self.metrics_port: int | None = None
         self.grpc_server = grpc.server(
             ThreadPoolExecutor(max_workers=config.handler_threads, thread_name_prefix="dqe-grpc"),
-            interceptors=[ServiceInterceptor(token=config.bearer_token(), metrics=self.metrics)],
+            interceptors=[
+                ServiceInterceptor(
+                    token=config.bearer_token(),
+                    metrics=self.metrics,
+                    control_pool=self.control_pool,
+                    max_scoring_calls=config.max_scoring_calls,
+                    admission=self.runtime.admission,
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
@@ -107,6 +125,10 @@ class DQEServer:
 
     def start(self) -> None:
         """Start serving (health NOT_SERVING) and load + warm up the model in the background."""
+        return_memory_eagerly()
+        threading.Thread(
+            target=trim_memory_forever, args=(self._stopped,), name="dqe-malloc-trim", daemon=True
+        ).start()
         self.grpc_server.start()
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
@@ -193,11 +215,61 @@ class DQEServer:
         if self.runtime.batcher is not None:
             self.runtime.batcher.close(timeout=max(grace, 1.0))
         self.runtime.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.control_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.shutdown()
         logger.info("stopped after %.2f s", time.perf_counter() - t0, extra={"event": "stopped"})
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return bool(self.grpc_server.wait_for_termination(timeout))
+
+
+M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+
+
+def return_memory_eagerly() -> bool:
+    """Make glibc give large buffers back to the OS when they are freed (Linux/glibc only; else a no-op).
+
+    glibc raises its mmap threshold to the size of the largest block freed (up to 32 MiB), after which request
+    buffers of 1-32 MiB come from per-thread arenas and stay resident after the request failed. A fixed 1 MiB
+    threshold keeps every such buffer in its own mapping, unmapped on free.
+
+    Returns:
+        Whether the setting was applied.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+        ok = bool(libc.mallopt(M_TRIM_THRESHOLD, 4 * MMAP_THRESHOLD_BYTES)) and ok
+    except (OSError, AttributeError):
+        return False
+    logger.debug("glibc mmap threshold fixed at %d bytes: %s", MMAP_THRESHOLD_BYTES, ok)
+    return ok
+
+
+def trim_memory_forever(stop: threading.Event, every_s: float = 5.0) -> None:
+    """Every ``every_s`` seconds, hand the free pages of glibc's heaps back to the OS (``malloc_trim(0)``,
+    a few ms), so memory freed after a burst of requests leaves the process instead of staying resident in
+    the per-thread arenas of the handler threads that received them."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return
+    while not stop.wait(every_s):
+        trim(0)
 
 
 def create_server(config: ServerConfig, engine: Engine | None = None) -> tuple[DQEServer, int]:

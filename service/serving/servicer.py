@@ -12,20 +12,24 @@ from __future__ import annotations
 
 import contextvars
 import json
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dqe.models.case import FIELDS, Case
-from dqe.models.errors import InvalidInput
+from dqe.models.errors import CallCancelled, InvalidInput, Overloaded
+from dqe.models.nifti import DecodeLimits, Volume, decode_nifti, load_nifti_fd
 from dqe.models.qc.gate import evaluate_case
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
 from dqe.service.serving.interceptor import current_request_id
-from dqe.service.serving.runtime import CallInfo, Runtime
+from dqe.service.serving.runtime import CallInfo, Reservation, Runtime
 from dqe.service.serving.streams import BatchStream
 from dqe.service.wire import result_to_proto, views_from_tensor
 
@@ -74,9 +78,13 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         self, request_iterator: Iterator[pb.ScoreBatchRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ScoreBatchResponse]:
         self.rt.ready()
-        yield from BatchStream(
-            self, request_iterator, CallInfo(context, self.rt.config.max_call_s)
-        ).responses()
+        self.rt.streams.acquire()
+        try:
+            yield from BatchStream(
+                self, request_iterator, CallInfo(context, self.rt.config.max_call_s)
+            ).responses()
+        finally:
+            self.rt.streams.release()
 
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         engine, batcher = self.rt.ready()
@@ -105,10 +113,39 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         source = request.WhichOneof("source")
         if source is None:
             raise InvalidInput("request has neither files nor paths; set one", field="source")
+        # Bounded decode queue: refused at once when full, or when the wait it predicts exceeds the call's
+        # deadline, instead of letting the caller wait for that deadline.
+        size = request.ByteSize()
+        self.rt.decodes.acquire()
+        try:
+            self.rt.pending.reserve(size)
+        except BaseException:
+            self.rt.decodes.release()
+            raise
+        wait, left = self.rt.expected_decode_wait(), call.remaining()
+        if left is not None and wait > left:
+            self.rt.decodes.release()
+            self.rt.pending.release(size)
+            raise Overloaded(
+                f"about {wait:.1f} s of decoding is queued ahead of this call, more than its {left:.1f} s "
+                "deadline; retry with backoff",
+                field="deadline",
+            )
         ctx = contextvars.copy_context()
-        prepared = call.wait(
-            self.rt.decode_pool.submit(ctx.run, self._prepare_case, request, call), "decoding"
-        )
+        try:
+            future = self.rt.decode_pool.submit(ctx.run, self._prepare_case, request, call)
+        except BaseException:
+            self.rt.decodes.release()
+            self.rt.pending.release(size)
+            raise
+
+        def done(_f: Future[_Prepared]) -> None:
+            self.rt.decodes.release()
+            self.rt.pending.release(size)
+
+        future.add_done_callback(done)
+        prepared = call.wait(future, "decoding")
+        del future
         return self._finish(engine, prepared, call, start, run_gate=request.options.run_gate)
 
     def _score_views(self, request: pb.ScoreViewsRequest, call: CallInfo) -> pb.ScoreResponse:
@@ -118,6 +155,13 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
             raise InvalidInput("request has no views tensor", field="views")
         contract = engine.contract
         t0 = time.perf_counter()
+        shape = list(request.views.shape)
+        side = self.rt.config.max_view_side
+        if len(shape) == 4 and max(shape[2:]) > side:
+            raise InvalidInput(
+                f"views.shape is {shape[:8]}; this server accepts views of at most {side} x {side}",
+                field="views.shape",
+            )
         views = views_from_tensor(
             request.views, len(contract.views), contract.n_channels, contract.spatial_size
         )
@@ -136,27 +180,36 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         return self._finish(engine, prepared, call, start, run_gate=False)
 
     def _prepare_case(self, request: pb.ScoreCaseRequest, call: CallInfo) -> _Prepared:
-        """Decode, validate and slice one case (runs in the decode pool)."""
+        """Decode, validate and slice one case (runs in the decode pool) within the server's decode budget."""
         call.check("decoding")
         t0 = time.perf_counter()
-        if request.WhichOneof("source") == "files":
-            files = request.files
-            data = {f: getattr(files, f) for f in FIELDS}
-            missing = [f for f in FIELDS if not data[f]]
-            if missing:
-                raise InvalidInput(
-                    f"files.{missing[0]} is empty; all of {list(FIELDS)} are needed",
-                    field=f"files.{missing[0]}",
-                )
-            case = Case.from_bytes(data, case_id=request.case_id or "case", contract=self._contract())
-        else:
-            paths, default_id = self.rt.paths.case_files(request.paths)
-            case = Case.from_files(**paths, case_id=request.case_id or default_id, contract=self._contract())  # type: ignore[arg-type]
-        t1 = time.perf_counter()
-        call.check("preprocessing")
-        engine, _ = self.rt.ready()
-        views, com = engine.preprocess(case)
+        cfg = self.rt.config
+        reservation = Reservation(self.rt.budget)
+        try:
+            if request.WhichOneof("source") == "files":
+                vols = self._decode_files(request.files, reservation, call)
+                default_id = "case"
+            else:
+                with self.rt.paths.open_case(request.paths) as opened:
+                    default_id = opened.case_id
+                    jobs = {k: partial(_load_fd, opened.fds[k], k, opened.sources[k]) for k in FIELDS}
+                    vols = _decode_all(jobs, self._limits(reservation), call)
+            case = Case.from_volumes(
+                vols,
+                case_id=request.case_id or default_id,
+                contract=self._contract(),
+                max_side=cfg.max_grid_side,
+                max_voxels=cfg.max_volume_voxels,
+            )
+            del vols
+            t1 = time.perf_counter()
+            call.check("preprocessing")
+            engine, _ = self.rt.ready()
+            views, com = engine.preprocess(case)
+        finally:
+            reservation.release()
         t2 = time.perf_counter()
+        self.rt.observe_decode(t2 - t0)
         return _Prepared(
             views=views,
             com=com,
@@ -164,6 +217,29 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
             case_id=case.case_id,
             warnings=list(case.warnings),
             timings={"decode": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3},
+        )
+
+    def _limits(self, reservation: Reservation) -> DecodeLimits:
+        cfg = self.rt.config
+        return DecodeLimits(
+            max_voxels=cfg.max_volume_voxels,
+            max_side=cfg.max_grid_side,
+            max_file_bytes=cfg.max_message_bytes,
+            reserve=reservation.reserve,
+        )
+
+    def _decode_files(
+        self, files: pb.NiftiFiles, reservation: Reservation, call: CallInfo
+    ) -> dict[str, Volume]:
+        missing = [f for f in FIELDS if not len(getattr(files, f))]
+        if missing:
+            raise InvalidInput(
+                f"files.{missing[0]} is empty; all of {list(FIELDS)} are needed", field=f"files.{missing[0]}"
+            )
+        return _decode_all(
+            {k: partial(_decode_bytes, getattr(files, k), k) for k in FIELDS},
+            self._limits(reservation),
+            call,
         )
 
     def _contract(self) -> Any:
@@ -208,6 +284,59 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
             queue_ms = max(queue_ms, outcome.queue_ms)
             inference_ms = max(inference_ms, outcome.inference_ms)
         return stars, queue_ms, inference_ms
+
+
+def _load_fd(fd: int, name: str, source: str, limits: DecodeLimits) -> Volume:
+    return load_nifti_fd(fd, name, source, limits)
+
+
+def _decode_bytes(raw: bytes, name: str, limits: DecodeLimits) -> Volume:
+    return decode_nifti(raw, name, "", limits)
+
+
+def _decode_all(
+    jobs: Mapping[str, Callable[[DecodeLimits], Volume]], limits: DecodeLimits, call: CallInfo
+) -> dict[str, Volume]:
+    """Run the decode ``jobs`` in up to four threads (igzip and zlib release the GIL); between chunks each
+    checks the call's deadline and whether another job failed, so a failure or a deadline stops all of them.
+
+    Raises:
+        the first job's error (the others stop at their next chunk).
+    """
+    failed = threading.Event()
+
+    def check() -> None:
+        if failed.is_set():
+            raise _SiblingFailed("another file of this case failed to decode")
+        call.check("decoding")
+
+    def run(job: Callable[[DecodeLimits], Volume]) -> Volume:
+        try:
+            return job(bounded)
+        except BaseException:
+            failed.set()
+            raise
+
+    bounded = DecodeLimits(
+        max_voxels=limits.max_voxels,
+        max_side=limits.max_side,
+        max_file_bytes=limits.max_file_bytes,
+        reserve=limits.reserve,
+        check=check,
+    )
+    ctx = contextvars.copy_context()
+    with ThreadPoolExecutor(max_workers=min(4, len(jobs)), thread_name_prefix="dqe-decode-file") as pool:
+        futures = {k: pool.submit(ctx.copy().run, run, job) for k, job in jobs.items()}
+        errors = [f.exception() for f in futures.values()]
+        real = [e for e in errors if e is not None and not isinstance(e, _SiblingFailed)]
+        if real or any(errors):
+            del futures
+            raise (real or [e for e in errors if e is not None])[0]
+        return {k: f.result() for k, f in futures.items()}
+
+
+class _SiblingFailed(CallCancelled):
+    """Stops a file's decoding because another file of the same case already failed."""
 
 
 __all__ = ["SERVICE_NAME", "QualityEstimationServicer"]

@@ -1,4 +1,9 @@
-"""``ScoreBatch``: one bidirectional stream of cases and views, scored by a bounded window of workers."""
+"""``ScoreBatch``: one bidirectional stream of cases and views, scored by a bounded window of workers.
+
+A stream with nothing in flight that sends nothing for ``stream_idle_s`` is ended with DEADLINE_EXCEEDED, so
+idle streams cannot hold handler threads for ever; how many may be open at once is the servicer's
+``max_streams`` (refused at once beyond it).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,12 @@ import contextvars
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from dqe.models.errors import CallCancelled, DQEError, InvalidInput
+from dqe.models.errors import CallCancelled, DeadlineExpired, DQEError, InvalidInput
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service.serving.interceptor import current_request_id
 from dqe.service.serving.runtime import CallInfo
@@ -38,6 +44,10 @@ class BatchStream:
         self.slots = threading.Semaphore(self.window)
         self.pool = ThreadPoolExecutor(max_workers=self.window, thread_name_prefix="dqe-stream")
         self.stop = threading.Event()
+        self.idle_s = cfg.stream_idle_s
+        self.last_activity = time.monotonic()
+        self.in_flight = 0
+        self._lock = threading.Lock()
 
     def responses(self) -> Iterator[pb.ScoreBatchResponse]:
         ctx = contextvars.copy_context()
@@ -45,16 +55,35 @@ class BatchStream:
         reader.start()
         try:
             while True:
-                item = self.results.get()
+                try:
+                    item = self.results.get(timeout=min(0.5, self.idle_s))
+                except queue.Empty:
+                    self._check_idle()
+                    continue
                 if item is None:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                with self._lock:
+                    self.in_flight -= 1
+                    self.last_activity = time.monotonic()
                 self.slots.release()
                 yield item
         finally:
             self.stop.set()
             self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _check_idle(self) -> None:
+        """End the stream when the caller left, or when nothing is in flight and it sent nothing for too long."""
+        if not self.call.is_active():
+            raise CallCancelled("the ScoreBatch caller went away")
+        with self._lock:
+            idle = self.in_flight == 0 and time.monotonic() - self.last_activity > self.idle_s
+        if idle:
+            raise DeadlineExpired(
+                f"ScoreBatch stream sent nothing for {self.idle_s:g} s with nothing in flight; closed",
+                field="stream_idle_s",
+            )
 
     def _read(self) -> None:
         pending: list[Future[None]] = []
@@ -65,6 +94,9 @@ class BatchStream:
                         return
                 if self.stop.is_set():
                     return
+                with self._lock:
+                    self.in_flight += 1
+                    self.last_activity = time.monotonic()
                 ctx = contextvars.copy_context()
                 pending.append(self.pool.submit(ctx.run, self._one, index, request))
             for f in pending:

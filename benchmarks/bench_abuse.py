@@ -1,0 +1,244 @@
+"""Abuse benchmark: for each attack of issue 11, the server's peak RSS and the latency of a normal request made
+meanwhile, against the same request on an idle server.
+
+Starts ``dqe serve`` (the default model from ``$DQE_HOME``, a bearer token) as a subprocess on 127.0.0.1, so its
+memory is read from ``/proc/<pid>/status`` alone: ``VmHWM`` after resetting it through ``/proc/<pid>/clear_refs``
+(peak) and ``VmRSS`` 5 s after the attack (settled). The normal request is the real BraTS-GLI-00001-000 case as
+bytes when ``../shared/data`` has it, else a seeded 240 x 240 x 155 phantom. Each attack runs once; the normal
+request is sent 0.1 s after the attack starts.
+
+Usage: ``python benchmarks/bench_abuse.py [--json OUT]`` (about two minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import bench_cases, git_rev, machine_line  # noqa: E402
+
+TOKEN = "bench-abuse-token"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+FIELDS = ("t1c", "t1", "t2", "flair", "segmentation")
+
+
+def status_mb(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024 / 1e6
+    raise KeyError(key)
+
+
+def start(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+    from dqe.service.client import DQEClient
+
+    port_file = tmp / "port"
+    cmd = [str(Path(sys.executable).parent / "dqe"), "serve", "--host", "127.0.0.1", "--port", "0",
+           "--port-file", str(port_file), "--metrics-port", "-1", "--log-level", "WARNING"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env={**os.environ, "DQE_TOKEN": TOKEN}, stderr=(tmp / "log").open("wb"))
+    deadline = time.monotonic() + 120
+    while not port_file.exists() or not port_file.read_text().strip():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"server did not start: {(tmp / 'log').read_text()[-2000:]}")
+        time.sleep(0.05)
+    port = int(port_file.read_text())
+    with DQEClient(f"127.0.0.1:{port}", token=TOKEN) as client:
+        while client.health() != "SERVING":
+            time.sleep(0.1)
+    return proc, port
+
+
+def nifti_gz(shape: tuple[int, ...]) -> bytes:
+    import nibabel as nib
+    import numpy as np
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype("uint8")
+    header.set_data_shape(shape)
+    header["vox_offset"] = 352
+    z = zlib.compressobj(9, 8, 31)
+    body = np.zeros(int(np.prod(shape)), dtype=np.uint8).tobytes()
+    return z.compress(header.binaryblock + b"\x00" * 4) + z.compress(body) + z.flush()
+
+
+class Bench:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, normal: dict[str, bytes]) -> None:
+        import grpc
+
+        from dqe.service._proto import quality_estimation_pb2 as pb
+        from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
+
+        self.pb, self.pb_grpc, self.grpc = pb, pb_grpc, grpc
+        self.proc, self.port = proc, port
+        self.cancelled_details = ""
+        opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=opts)
+        self.stub = pb_grpc.QualityEstimationStub(self.channel)
+        self.normal = pb.ScoreCaseRequest(case_id="normal", files=pb.NiftiFiles(**normal))
+        member = gzip.compress(b"", mtime=0)
+        flood = member * (4 * 1024 * 1024 // len(member))
+        self.flood = self.serialised(dict.fromkeys(FIELDS, flood))
+        self.bomb = self.serialised(dict.fromkeys(FIELDS, nifti_gz((1024, 1024, 256))))
+        self.wide = self.serialised(dict.fromkeys(FIELDS, nifti_gz((1600, 1600, 3))))
+        self.big = self.serialised({"t1c": os.urandom(16) * 25_000_000})  # 400 MB
+
+    def serialised(self, files: dict[str, bytes]) -> bytes:
+        return bytes(self.pb.ScoreCaseRequest(files=self.pb.NiftiFiles(**files)).SerializeToString())
+
+    def new_stub(self) -> Any:
+        opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+        return self.pb_grpc.QualityEstimationStub(
+            self.grpc.insecure_channel(f"127.0.0.1:{self.port}", options=opts)
+        )
+
+    def normal_s(self) -> float:
+        t0 = time.perf_counter()
+        self.stub.ScoreCase(self.normal, timeout=120, metadata=AUTH)
+        return time.perf_counter() - t0
+
+    def health_s(self) -> float:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        t0 = time.perf_counter()
+        health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+        return time.perf_counter() - t0
+
+    def code(self, fn: Callable[[], Any]) -> str:
+        try:
+            fn()
+        except self.grpc.RpcError as err:
+            name = str(err.code().name)  # type: ignore[attr-defined]
+            if name == "CANCELLED" and not self.cancelled_details:
+                self.cancelled_details = str(err.details())  # type: ignore[attr-defined]
+            return name
+        return "OK"
+
+    def run(self, name: str, attack: Callable[[], list[str]]) -> dict[str, Any]:
+        pid = self.proc.pid
+        before = status_mb(pid, "VmRSS")
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        codes: list[str] = []
+        thread = threading.Thread(target=lambda: codes.extend(attack()))
+        thread.start()
+        time.sleep(0.1)
+        health = self.health_s()
+        during = self.normal_s()
+        thread.join()
+        peak = status_mb(pid, "VmHWM")
+        time.sleep(5)
+        row = {
+            "attack": name,
+            "outcomes": {c: codes.count(c) for c in sorted(set(codes))},
+            "rss_before_mb": round(before, 1),
+            "peak_growth_mb": round(peak - before, 1),
+            "settled_growth_mb": round(status_mb(pid, "VmRSS") - before, 1),
+            "health_ms": round(health * 1e3, 1),
+            "normal_ms": round(during * 1e3, 1),
+        }
+        print(json.dumps(row), flush=True)
+        return row
+
+    # ------------------------------------------------------------------ attacks
+    def idle_streams(self) -> list[str]:
+        stop = threading.Event()
+
+        def silent() -> Iterator[Any]:
+            stop.wait(60)
+            return
+            yield
+
+        stub = self.new_stub()
+        calls = [stub.ScoreBatch(silent(), metadata=AUTH, timeout=60) for _ in range(64)]
+        time.sleep(3)  # the normal request and the health check run meanwhile
+        stop.set()
+        return [self.code(lambda c=c: list(c)) for c in calls]  # type: ignore[misc]
+
+    def raw_call(self, raw: bytes, metadata: Any = AUTH) -> str:
+        """ScoreCase with an already serialised request (no client-side protobuf work while timing)."""
+        channel = self.grpc.insecure_channel(
+            f"127.0.0.1:{self.port}", options=[("grpc.max_send_message_length", -1)]
+        )
+        call = channel.unary_unary("/dqe.v1.QualityEstimation/ScoreCase")
+        try:
+            return self.code(lambda: call(raw, timeout=120, metadata=metadata))
+        finally:
+            channel.close()
+
+    def gzip_floods(self) -> list[str]:
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(lambda _: self.raw_call(self.flood), range(2)))
+
+    def inflate_bombs(self) -> list[str]:
+        with ThreadPoolExecutor(3) as pool:
+            return list(pool.map(lambda _: self.raw_call(self.bomb), range(3)))
+
+    def unauthenticated_400mb(self) -> list[str]:
+        return [self.raw_call(self.big, metadata=(("authorization", "Bearer no"),))]
+
+    def wide_grid(self) -> list[str]:
+        return [self.raw_call(self.wide)]
+
+    def burst(self) -> list[str]:
+        stub = self.new_stub()
+        futures = [stub.ScoreCase.future(self.normal, timeout=120, metadata=AUTH) for _ in range(320)]
+        return [self.code(f.result) for f in futures]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the rows here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = bench_cases(Path(tmp) / "phantoms")
+        name, files = cases[0]
+        normal = {k: Path(v).read_bytes() for k, v in files.items()}
+        print(
+            f"# {machine_line()} | git {git_rev()} | normal request: {name}, {sum(map(len, normal.values())) / 1e6:.2f} MB"
+        )
+        proc, port = start(Path(tmp))
+        try:
+            bench = Bench(proc, port, normal)
+            bench.normal_s()
+            idle = [bench.normal_s() for _ in range(5)]
+            idle_health = [bench.health_s() for _ in range(5)]
+            base = {
+                "attack": "idle",
+                "rss_mb": round(status_mb(proc.pid, "VmRSS"), 1),
+                "health_ms": round(statistics.median(idle_health) * 1e3, 1),
+                "normal_ms": round(statistics.median(idle) * 1e3, 1),
+            }
+            print(json.dumps(base), flush=True)
+            rows = [base]
+            for attack in (
+                "idle_streams",
+                "gzip_floods",
+                "inflate_bombs",
+                "unauthenticated_400mb",
+                "wide_grid",
+                "burst",
+            ):
+                rows.append(bench.run(attack, getattr(bench, attack)))
+        finally:
+            proc.terminate()
+            proc.wait(60)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
