@@ -17,25 +17,28 @@ run repeats exactly what an uninterrupted one would have done (on the same devic
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from dqe.models.contract import PreprocessingContract
-from dqe.models.registry import sha256_file
+from dqe.training.checkpoint import (
+    CHECKPOINT,
+    WEIGHTS,
+    checkpoint_state,
+    load_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from dqe.training.config import TrainConfig, build_contract, from_dict, save_config
 from dqe.training.data import (
     ViewBank,
@@ -48,8 +51,19 @@ from dqe.training.data import (
     split_exams,
 )
 from dqe.training.evaluate import format_metrics, regression_metrics, summarize, write_report
-from dqe.training.model import SplitNetwork, build_model, build_optimizer, init_path, resolve_device
+from dqe.training.inputs import ViewDataset, autocast, compute_features, predict, view_arrays, weights_digest
+from dqe.training.model import SplitNetwork, build_model, build_optimizer, resolve_device
 from dqe.training.provenance import now, provenance, seed_everything
+from dqe.training.record import METRICS_COLUMNS as METRICS_COLUMNS  # re-exported: the metrics.csv header
+from dqe.training.record import (
+    finish_record,
+    log_scalars,
+    note_resume,
+    open_tensorboard,
+    read_record,
+    write_metrics,
+    write_record,
+)
 from dqe.training.synthetic import synthetic_ratings
 from dqe.training.transforms import Pipeline, build_pipeline
 
@@ -58,9 +72,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-METRICS_COLUMNS = ("epoch", "train_loss", "val_mae", "val_rmse", "val_pearson")
-CHECKPOINT = Path("checkpoints") / "last.pt"
-WEIGHTS = "model.pth"
 # Settings that may change between a run and its resumption (they do not change what is computed,
 # except epochs, which extends the run).
 RESUMABLE_KEYS = {
@@ -144,152 +155,6 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, progress: bool = False) -> Run
     )
 
 
-class ViewDataset(Dataset):
-    """Samples ``(input, target)``: ``inputs[index[i]]`` augmented by ``pipeline`` with a per-(epoch, i) seed."""
-
-    def __init__(
-        self,
-        inputs: Sequence[Any] | torch.Tensor,
-        index: np.ndarray,
-        targets: np.ndarray,
-        pipeline: Pipeline | None,
-        seed: int,
-    ) -> None:
-        self.inputs = inputs
-        self.index = np.asarray(index, dtype=np.int64)
-        self.targets = np.asarray(targets, dtype=np.float32)
-        self.pipeline = pipeline
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return int(self.index.size)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.inputs[int(self.index[i])]
-        if self.pipeline is not None and len(self.pipeline):
-            rng = np.random.default_rng([self.seed, self.epoch, int(i)])
-            x = self.pipeline(np.asarray(x), rng)
-        tensor = (
-            x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-        )
-        return tensor, torch.tensor(self.targets[i])
-
-
-def view_arrays(bank: ViewBank, keys: Sequence[tuple[str, str]]) -> list[np.ndarray]:
-    return [bank.view(k, v) for k, v in keys]
-
-
-def weights_digest(cfg: TrainConfig) -> str | None:
-    """A key for the frozen prefix's features: initial weights + architecture + cut + contract."""
-    path = init_path(cfg.model.init)
-    if path is None or cfg.model.freeze_until is None:
-        return None
-
-    text = json.dumps(
-        [sha256_file(path), cfg.model.architecture, cfg.model.freeze_until, cfg.contract.labels],
-        sort_keys=True,
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def compute_features(
-    split: SplitNetwork,
-    arrays: Sequence[np.ndarray],
-    device: torch.device,
-    batch_size: int,
-    cache_dir: Path | None = None,
-    digest: str | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Frozen-prefix features of ``arrays`` (on CPU), cached on disk per view content when ``digest`` is set."""
-    store = cache_dir / "features" / digest if (cache_dir is not None and digest) else None
-    if store is not None:
-        store.mkdir(parents=True, exist_ok=True)
-    out: list[torch.Tensor | None] = [None] * len(arrays)
-    names: list[Path | None] = [None] * len(arrays)
-    todo: list[int] = []
-    for i, arr in enumerate(arrays):
-        if store is not None:
-            name = store / (hashlib.sha1(np.ascontiguousarray(arr).tobytes()).hexdigest() + ".pt")
-            names[i] = name
-            if name.is_file():
-                out[i] = torch.load(name, weights_only=True)
-                continue
-        todo.append(i)
-    split.eval()
-    chunks = range(0, len(todo), batch_size)
-    if progress and todo:
-        from tqdm import tqdm
-
-        chunks = tqdm(chunks, desc="features", unit="batch", leave=False)  # type: ignore[assignment]
-    for start in chunks:
-        idx = todo[start : start + batch_size]
-        batch = torch.from_numpy(np.stack([arrays[i] for i in idx]).astype(np.float32)).to(device)
-        feats = split.features(batch).float().cpu()
-        for j, i in enumerate(idx):
-            out[i] = feats[j].clone()
-            target = names[i]
-            if target is not None:
-                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-                torch.save(out[i], tmp)
-                os.replace(tmp, target)
-    return torch.stack([t for t in out if t is not None])
-
-
-def predict(
-    split: SplitNetwork,
-    arrays: Sequence[np.ndarray] | torch.Tensor,
-    device: torch.device,
-    batch_size: int,
-    features: bool = False,
-    amp: bool = False,
-) -> np.ndarray:
-    """Stars for views (or, with ``features``, for prefix features) in eval mode."""
-    split.eval()
-    preds: list[np.ndarray] = []
-    n = len(arrays)
-    with torch.no_grad():
-        for start in range(0, n, batch_size):
-            if isinstance(arrays, torch.Tensor):
-                batch = arrays[start : start + batch_size]
-            else:
-                batch = torch.from_numpy(
-                    np.stack(list(arrays[start : start + batch_size])).astype(np.float32)
-                )
-            batch = batch.to(device)
-            with _autocast(device, amp):
-                out = split.head(batch) if features else split(batch)
-            preds.append(out.float().cpu().numpy().reshape(-1))
-    return np.concatenate(preds) if preds else np.zeros((0,), dtype=np.float32)
-
-
-def _autocast(device: torch.device, amp: bool) -> Any:
-    return torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"
-    )
-
-
-def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(METRICS_COLUMNS))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row[k] for k in METRICS_COLUMNS})
-    os.replace(tmp, path)
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 def _config_delta(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     diffs = []
     for section in sorted(set(a) | set(b)):
@@ -333,6 +198,93 @@ def resolve_run_config(cfg: TrainConfig | None, run_dir: Path, resume: bool) -> 
     return cfg
 
 
+@dataclass
+class EpochInputs:
+    """What the epochs read: the training samples and the held-out views.
+
+    With ``use_features`` (a frozen prefix and no augmentation) the inputs are the prefix's features,
+    computed once, and only the head runs in the loop; otherwise they are the preprocessed views.
+    """
+
+    dataset: ViewDataset
+    val_pairs: list[tuple[str, str]]
+    val_inputs: Sequence[np.ndarray] | torch.Tensor
+    use_features: bool
+    pipeline: Pipeline | None
+
+
+def prepare_inputs(
+    cfg: TrainConfig, run_dir: Path, data: RunData, split: SplitNetwork, device: torch.device, progress: bool
+) -> EpochInputs:
+    """The training dataset and held-out inputs of a run, with prefix features cached when they can be."""
+    samples = data.train_samples
+    unique_keys, index = _sample_index(samples)
+    val_pairs = [(k, v) for k in data.val_keys for v in data.contract.views]
+    pipeline = (
+        build_pipeline(cfg.augment.transforms, len(data.contract.image_channels))
+        if cfg.augment.enabled
+        else None
+    )
+    use_features = split.frozen and (pipeline is None or len(pipeline) == 0)
+    inputs: Sequence[Any] | torch.Tensor
+    val_inputs: Sequence[np.ndarray] | torch.Tensor
+    if use_features:
+        logger.info(
+            "frozen prefix and no augmentation: caching prefix features of %d views",
+            len(unique_keys) + len(val_pairs),
+        )
+        features = _featurizer(cfg, run_dir, data.bank, split, device, progress)
+        inputs = features(unique_keys)
+        val_inputs = features(val_pairs) if val_pairs else torch.zeros(0)
+    else:
+        inputs = view_arrays(data.bank, unique_keys)
+        val_inputs = view_arrays(data.bank, val_pairs)
+    dataset = ViewDataset(
+        inputs, index, samples["target"].to_numpy(), None if use_features else pipeline, cfg.seed
+    )
+    return EpochInputs(dataset, val_pairs, val_inputs, use_features, pipeline)
+
+
+def _sample_index(samples: pd.DataFrame) -> tuple[list[tuple[str, str]], np.ndarray]:
+    """The distinct ``(seg_key, view)`` pairs of ``samples`` and, per sample, the position of its pair."""
+    # first-appearance order (the table's), not path hashes, so moving the data does not reorder training
+    unique_keys = list(dict.fromkeys(zip(samples["seg_key"], samples["view"], strict=True)))
+    position = {k: i for i, k in enumerate(unique_keys)}
+    index = np.array([position[k] for k in zip(samples["seg_key"], samples["view"], strict=True)])
+    return unique_keys, index
+
+
+def _featurizer(
+    cfg: TrainConfig, run_dir: Path, bank: ViewBank, split: SplitNetwork, device: torch.device, progress: bool
+) -> Callable[[Sequence[tuple[str, str]]], torch.Tensor]:
+    """Prefix features of views by ``(seg_key, view)``, cached under ``data.cache_dir`` (else ``run_dir/cache``)."""
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "cache"
+    digest = weights_digest(cfg)
+
+    def features(keys: Sequence[tuple[str, str]]) -> torch.Tensor:
+        arrays = view_arrays(bank, keys)
+        return compute_features(split, arrays, device, cfg.train.eval_batch_size, cache_dir, digest, progress)
+
+    return features
+
+
+@dataclass
+class _Run:
+    """A run in progress: what its start built, and what the epochs advance (history, record)."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    device: torch.device
+    data: RunData
+    net: torch.nn.Module
+    split: SplitNetwork
+    inputs: EpochInputs
+    optimizer: torch.optim.Optimizer
+    record: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    start_epoch: int = 0
+
+
 def train(
     cfg: TrainConfig | None,
     run_dir: str | Path,
@@ -358,277 +310,298 @@ def train(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = _effective_config(cfg, run_dir, resume, device)
+    dev = _set_up_torch(cfg)
+    t_start = time.perf_counter()
+    run = _start_run(cfg, run_dir, dev, resume, progress)
+    last_epoch = (
+        cfg.train.epochs if stop_after is None else min(cfg.train.epochs, run.start_epoch + stop_after)
+    )
+    _run_epochs(run, last_epoch, progress, on_epoch)
+    return _summary(run, t_start)
+
+
+def _effective_config(
+    cfg: TrainConfig | None, run_dir: Path, resume: bool, device: str | None
+) -> TrainConfig:
+    """The validated config of this call: :func:`resolve_run_config`, ``device`` overriding ``train.device``."""
     cfg = resolve_run_config(cfg, run_dir, resume)
     if device is not None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
     cfg.validate()
+    return cfg
+
+
+def _set_up_torch(cfg: TrainConfig) -> torch.device:
+    """The device to train on; sets torch's thread count (when ``train.threads`` > 0) and seeds every RNG."""
     dev = resolve_device(cfg.train.device)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
-    t_start = time.perf_counter()
+    return dev
 
+
+def _start_run(cfg: TrainConfig, run_dir: Path, dev: torch.device, resume: bool, progress: bool) -> _Run:
+    """Build the run, restore its checkpoint on resume, write its records and (fine-tuning) initial evaluation."""
+    run = _build_run(cfg, run_dir, dev, resume, progress)
+    if resume and (run_dir / CHECKPOINT).is_file():
+        _resume(run)
+    run.split.to(dev)
+    _record_start(run)
+    write_metrics(run_dir / "metrics.csv", run.history)
+    if _wants_initial_eval(run):
+        _initial_eval(run)
+    return run
+
+
+def _build_run(cfg: TrainConfig, run_dir: Path, dev: torch.device, resume: bool, progress: bool) -> _Run:
+    """Data, network, inputs and optimiser of a run (saves ``config.yaml`` once data and weights load).
+
+    Raises:
+        RunError / DQEError: see :func:`prepare_data`; ValueError: initial weights that do not fit.
+    """
     data = prepare_data(cfg, run_dir, progress=progress)
-    contract = data.contract
-    net = build_model(cfg.model, contract.n_channels)
+    net = build_model(cfg.model, data.contract.n_channels)
     # saved once data and weights are known to load, so a failed start leaves no half-made run behind
     save_config(cfg, run_dir / "config.yaml")
     split = SplitNetwork(net, cfg.model.freeze_until, cfg.model.bn_eval).to(dev)
-
-    samples = data.train_samples
-    # first-appearance order (the table's), not path hashes, so moving the data does not reorder training
-    unique_keys = list(dict.fromkeys(zip(samples["seg_key"], samples["view"], strict=True)))
-    position = {k: i for i, k in enumerate(unique_keys)}
-    index = np.array([position[k] for k in zip(samples["seg_key"], samples["view"], strict=True)])
-    val_pairs = [(k, v) for k in data.val_keys for v in contract.views]
-    pipeline = (
-        build_pipeline(cfg.augment.transforms, len(contract.image_channels)) if cfg.augment.enabled else None
-    )
-    use_features = split.frozen and (pipeline is None or len(pipeline) == 0)
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "cache"
-    digest = weights_digest(cfg)
-    inputs: Sequence[Any] | torch.Tensor
-    val_inputs: Sequence[np.ndarray] | torch.Tensor
-    if use_features:
-        logger.info(
-            "frozen prefix and no augmentation: caching prefix features of %d views",
-            len(unique_keys) + len(val_pairs),
-        )
-        inputs = compute_features(
-            split,
-            view_arrays(data.bank, unique_keys),
-            dev,
-            cfg.train.eval_batch_size,
-            cache_dir,
-            digest,
-            progress,
-        )
-        val_inputs = (
-            compute_features(
-                split,
-                view_arrays(data.bank, val_pairs),
-                dev,
-                cfg.train.eval_batch_size,
-                cache_dir,
-                digest,
-                progress,
-            )
-            if val_pairs
-            else torch.zeros(0)
-        )
-    else:
-        inputs = view_arrays(data.bank, unique_keys)
-        val_inputs = view_arrays(data.bank, val_pairs)
-    dataset = ViewDataset(
-        inputs, index, samples["target"].to_numpy(), None if use_features else pipeline, cfg.seed
-    )
-    steps_per_epoch = math.ceil(len(dataset) / cfg.train.batch_size)
+    inputs = prepare_inputs(cfg, run_dir, data, split, dev, progress)
+    steps_per_epoch = math.ceil(len(inputs.dataset) / cfg.train.batch_size)
     optimizer = build_optimizer(cfg.optim, split.trainable_parameters(), cfg.train.epochs * steps_per_epoch)
+    record = read_record(run_dir, resume)
+    return _Run(cfg, run_dir, dev, data, net, split, inputs, optimizer, record)
 
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    record_path = run_dir / "run.json"
-    record: dict[str, Any] = json.loads(record_path.read_text()) if (resume and record_path.is_file()) else {}
-    if resume and (run_dir / CHECKPOINT).is_file():
-        state = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
-        if state.get("data_hash") != data.data_hash:
-            raise RunError(
-                f"the ratings data changed since the run started (data hash {state.get('data_hash')} -> {data.data_hash})"
-            )
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"])
-        history = list(state["history"])
-        torch.set_rng_state(state["torch_rng"])
-        record.setdefault("resumed_at", []).append({"time": now(), "epoch": start_epoch})
-        logger.info("resumed %s at epoch %d", run_dir, start_epoch)
-    split.to(dev)
-    record.update(
-        {
-            "name": cfg.name,
-            "seed": cfg.seed,
-            "config_digest": cfg.digest(),
-            "data_hash": data.data_hash,
-            "ratings": data.table_path,
-            "n_ratings": int(len(data.table)),
-            "n_segmentations": int(data.table["seg_key"].nunique()),
-            "train_exams": data.train_exams,
-            "val_exams": data.val_exams,
-            "n_train_samples": len(dataset),
-            "n_val_views": len(val_pairs),
-            "skipped_segmentations": data.bank.skipped,
-            "device": str(dev),
-            "contract": contract.to_dict(),
-            "frozen_prefix": cfg.model.freeze_until,
-            "cached_features": use_features,
-            "augmentations": pipeline.describe() if pipeline is not None else [],
-            **provenance(),
-        }
+
+def _resume(run: _Run) -> None:
+    """Continue from the checkpoint: weights, optimiser, epoch, history and torch's RNG; noted in the record.
+
+    Raises:
+        RunError: the ratings data changed since the run started.
+    """
+    state = load_checkpoint(run.run_dir / CHECKPOINT)
+    if state.get("data_hash") != run.data.data_hash:
+        raise RunError(
+            f"the ratings data changed since the run started (data hash {state.get('data_hash')} -> {run.data.data_hash})"
+        )
+    run.start_epoch, run.history = restore_checkpoint(state, run.net, run.optimizer)
+    note_resume(run.record, run.start_epoch)
+    logger.info("resumed %s at epoch %d", run.run_dir, run.start_epoch)
+
+
+def _record_start(run: _Run) -> None:
+    """Write run.json: what this call runs on (kept from earlier calls: start time, resumptions, initial eval)."""
+    run.record.update(_run_facts(run))
+    run.record.setdefault("started_at", now())
+    write_record(run.run_dir, run.record)
+
+
+def _run_facts(run: _Run) -> dict[str, Any]:
+    """The run record's description of the config, data, split, inputs, device and code versions."""
+    cfg, data, inputs = run.cfg, run.data, run.inputs
+    return {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "config_digest": cfg.digest(),
+        "data_hash": data.data_hash,
+        "ratings": data.table_path,
+        "n_ratings": int(len(data.table)),
+        "n_segmentations": int(data.table["seg_key"].nunique()),
+        "train_exams": data.train_exams,
+        "val_exams": data.val_exams,
+        "n_train_samples": len(inputs.dataset),
+        "n_val_views": len(inputs.val_pairs),
+        "skipped_segmentations": data.bank.skipped,
+        "device": str(run.device),
+        "contract": data.contract.to_dict(),
+        "frozen_prefix": cfg.model.freeze_until,
+        "cached_features": inputs.use_features,
+        "augmentations": inputs.pipeline.describe() if inputs.pipeline is not None else [],
+        **provenance(),
+    }
+
+
+def _wants_initial_eval(run: _Run) -> bool:
+    """A fine-tuning run (``model.init`` set) at epoch 0 with held-out views and no initial evaluation yet."""
+    return (
+        run.start_epoch == 0
+        and run.cfg.model.init is not None
+        and bool(run.inputs.val_pairs)
+        and "initial_eval" not in run.record
     )
-    record.setdefault("started_at", now())
-    record_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    _write_metrics(run_dir / "metrics.csv", history)
 
-    if start_epoch == 0 and cfg.model.init is not None and val_pairs and "initial_eval" not in record:
-        # the starting point of a fine-tuning run, on the same held-out views, for a before/after comparison
-        preds0 = _val_predictions(split, data, val_pairs, val_inputs, dev, cfg, use_features)
-        record["initial_eval"] = write_report(
-            preds0, data.val_rated, contract.views, run_dir / "eval_initial", title=f"{cfg.name} (initial)"
-        )
-        record_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        logger.info("initial weights on the held-out views:\n%s", format_metrics(record["initial_eval"]))
 
-    writer = _tensorboard(run_dir / "tensorboard")
+def _initial_eval(run: _Run) -> None:
+    """Held-out metrics of the initial weights in ``eval_initial/`` and the record."""
+    # the starting point of a fine-tuning run, on the same held-out views, for a before/after comparison
+    preds0 = _val_predictions(run)
+    run.record["initial_eval"] = write_report(
+        preds0,
+        run.data.val_rated,
+        run.data.contract.views,
+        run.run_dir / "eval_initial",
+        title=f"{run.cfg.name} (initial)",
+    )
+    write_record(run.run_dir, run.record)
+    logger.info("initial weights on the held-out views:\n%s", format_metrics(run.record["initial_eval"]))
+
+
+def _run_epochs(
+    run: _Run, last_epoch: int, progress: bool, on_epoch: Callable[[dict[str, float]], None] | None
+) -> None:
+    """Epochs ``run.start_epoch + 1`` to ``last_epoch``: train, validate when due, log, checkpoint when due."""
+    writer = open_tensorboard(run.run_dir / "tensorboard")
     loss_fn = torch.nn.MSELoss()
-    last_epoch = cfg.train.epochs if stop_after is None else min(cfg.train.epochs, start_epoch + stop_after)
-    for epoch in range(start_epoch, last_epoch):
-        dataset.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        loader = DataLoader(
-            dataset,
-            batch_size=cfg.train.batch_size,
-            shuffle=True,
-            generator=gen,
-            num_workers=0 if use_features else cfg.train.num_workers,
-            pin_memory=dev.type == "cuda",
-        )
-        split.train()
-        total, count = 0.0, 0
-        bar = loader
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="batch", leave=False)  # type: ignore[assignment]
-        for x, y in bar:
-            x = x.to(dev, non_blocking=True)
-            y = y.to(dev, non_blocking=True)
-            with _autocast(dev, cfg.train.amp):
-                pred = split.head(x) if use_features else split(x)
-            loss = loss_fn(pred.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.item()) * int(y.shape[0])
-            count += int(y.shape[0])
-            if progress:
-                bar.set_postfix(loss=f"{total / count:.4f}")  # type: ignore[attr-defined]
-        train_loss = total / max(count, 1)
-        due = (epoch + 1) % cfg.train.eval_every == 0 or epoch + 1 == cfg.train.epochs
-        val = (
-            _validate(split, data, val_pairs, val_inputs, dev, cfg, use_features)
-            if due
-            else regression_metrics([], [])
-        )
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_mae": val["mae"],
-            "val_rmse": val["rmse"],
-            "val_pearson": val["pearson"],
-        }
-        history.append(row)
-        _write_metrics(run_dir / "metrics.csv", history)
-        if writer is not None:
-            for key in METRICS_COLUMNS[1:]:
-                if not math.isnan(row[key]):
-                    writer.add_scalar(key, row[key], epoch + 1)
-            writer.flush()
-        last = epoch + 1 == last_epoch
-        if (epoch + 1) % cfg.train.checkpoint_every == 0 or last:
-            _save_checkpoint(
-                run_dir / CHECKPOINT,
-                {
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "config": cfg.to_dict(),
-                    "config_digest": cfg.digest(),
-                    "data_hash": data.data_hash,
-                    "torch_rng": torch.get_rng_state(),
-                    "architecture": cfg.model.architecture,
-                    "in_channels": contract.n_channels,
-                    "contract": contract.to_dict(),
-                },
-            )
+    for epoch in range(run.start_epoch, last_epoch):
+        train_loss = _train_epoch(run, epoch, loss_fn, progress)
+        row = _epoch_row(run, epoch, train_loss)
+        _log_epoch(run, row, writer)
+        if (epoch + 1) % run.cfg.train.checkpoint_every == 0 or epoch + 1 == last_epoch:
+            save_checkpoint(run.run_dir / CHECKPOINT, _checkpoint_state(run, epoch + 1))
         logger.info(
             "epoch %d/%d train_loss %.4f val_mae %.3f val_rmse %.3f val_r %.3f",
-            epoch + 1, cfg.train.epochs, train_loss, val["mae"], val["rmse"], val["pearson"],
+            epoch + 1, run.cfg.train.epochs, train_loss, row["val_mae"], row["val_rmse"], row["val_pearson"],
         )  # fmt: skip
         if on_epoch is not None:
             on_epoch(row)
     if writer is not None:
         writer.close()
 
-    completed = len(history)
+
+def _epoch_loader(run: _Run, epoch: int) -> DataLoader:
+    """The training batches of ``epoch``: its augmentation seeds and a shuffle seeded with ``(seed, epoch)``."""
+    run.inputs.dataset.set_epoch(epoch)
+    gen = torch.Generator().manual_seed(run.cfg.seed * 1_000_003 + epoch)
+    return DataLoader(
+        run.inputs.dataset,
+        batch_size=run.cfg.train.batch_size,
+        shuffle=True,
+        generator=gen,
+        num_workers=0 if run.inputs.use_features else run.cfg.train.num_workers,
+        pin_memory=run.device.type == "cuda",
+    )
+
+
+def _train_epoch(run: _Run, epoch: int, loss_fn: torch.nn.Module, progress: bool) -> float:
+    """One pass over the training samples; returns the mean loss per sample."""
+    loader = _epoch_loader(run, epoch)
+    run.split.train()
+    total, count = 0.0, 0
+    bar = loader
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{run.cfg.train.epochs}", unit="batch", leave=False)  # type: ignore[assignment]
+    for x, y in bar:
+        total += _train_step(run, x, y, loss_fn) * int(y.shape[0])
+        count += int(y.shape[0])
+        if progress:
+            bar.set_postfix(loss=f"{total / count:.4f}")  # type: ignore[attr-defined]
+    return total / max(count, 1)
+
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, loss_fn: torch.nn.Module) -> float:
+    """One optimiser step on the batch ``(x, y)``; returns the batch's mean loss."""
+    x = x.to(run.device, non_blocking=True)
+    y = y.to(run.device, non_blocking=True)
+    with autocast(run.device, run.cfg.train.amp):
+        pred = run.split.head(x) if run.inputs.use_features else run.split(x)
+    loss = loss_fn(pred.float(), y)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return float(loss.item())
+
+
+def _epoch_row(run: _Run, epoch: int, train_loss: float) -> dict[str, float]:
+    """The metrics row of ``epoch``: its training loss and, when validation is due, held-out metrics (else NaN)."""
+    due = (epoch + 1) % run.cfg.train.eval_every == 0 or epoch + 1 == run.cfg.train.epochs
+    val = _validate(run) if due else regression_metrics([], [])
+    return {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "val_mae": val["mae"],
+        "val_rmse": val["rmse"],
+        "val_pearson": val["pearson"],
+    }
+
+
+def _log_epoch(run: _Run, row: dict[str, float], writer: Any) -> None:
+    """Append ``row`` to the history, metrics.csv and TensorBoard."""
+    run.history.append(row)
+    write_metrics(run.run_dir / "metrics.csv", run.history)
+    log_scalars(writer, row, int(row["epoch"]))
+
+
+def _checkpoint_state(run: _Run, epoch: int) -> dict[str, Any]:
+    """The checkpoint of ``run`` after ``epoch`` completed epochs."""
+    return checkpoint_state(
+        run.net, run.optimizer, epoch, run.history, run.cfg, run.data.data_hash, run.data.contract
+    )
+
+
+def _summary(run: _Run, t_start: float) -> dict[str, Any]:
+    """What this call did; a run with all its epochs done is finished first (see :func:`_finish`)."""
     summary: dict[str, Any] = {
-        "run_dir": str(run_dir),
-        "epochs_completed": completed,
-        "epochs": cfg.train.epochs,
-        "history": history,
+        "run_dir": str(run.run_dir),
+        "epochs_completed": len(run.history),
+        "epochs": run.cfg.train.epochs,
+        "history": run.history,
         "seconds": time.perf_counter() - t_start,
     }
-    if completed >= cfg.train.epochs:
-        torch.save(net.state_dict(), run_dir / WEIGHTS)
-        summary["weights"] = str(run_dir / WEIGHTS)
-        if val_pairs:
-            preds = _val_predictions(split, data, val_pairs, val_inputs, dev, cfg, use_features)
-            metrics = write_report(preds, data.val_rated, contract.views, run_dir / "eval", title=cfg.name)
-            summary["eval"] = metrics
-            logger.info("held-out evaluation (%d exams):\n%s", len(data.val_exams), format_metrics(metrics))
-        if "initial_eval" in record:
-            summary["initial_eval"] = record["initial_eval"]
-        record["finished_at"] = now()
-        record["final"] = {"history_last": history[-1] if history else None, "eval": summary.get("eval")}
-        record_path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    if len(run.history) >= run.cfg.train.epochs:
+        _finish(run, summary)
     return summary
 
 
-def _val_predictions(
-    split: SplitNetwork,
-    data: RunData,
-    val_pairs: list[tuple[str, str]],
-    val_inputs: Sequence[np.ndarray] | torch.Tensor,
-    dev: torch.device,
-    cfg: TrainConfig,
-    use_features: bool,
-) -> pd.DataFrame:
+def _finish(run: _Run, summary: dict[str, Any]) -> None:
+    """Save model.pth, evaluate on the held-out views (``eval/``) and close the record; fills ``summary``."""
+    torch.save(run.net.state_dict(), run.run_dir / WEIGHTS)
+    summary["weights"] = str(run.run_dir / WEIGHTS)
+    if run.inputs.val_pairs:
+        summary["eval"] = _final_eval(run)
+    if "initial_eval" in run.record:
+        summary["initial_eval"] = run.record["initial_eval"]
+    finish_record(run.record, run.history, summary.get("eval"))
+    write_record(run.run_dir, run.record)
+
+
+def _final_eval(run: _Run) -> dict[str, Any]:
+    """Held-out metrics of the final weights, written with predictions and plots to ``eval/``."""
+    preds = _val_predictions(run)
+    metrics = write_report(
+        preds, run.data.val_rated, run.data.contract.views, run.run_dir / "eval", title=run.cfg.name
+    )
+    logger.info("held-out evaluation (%d exams):\n%s", len(run.data.val_exams), format_metrics(metrics))
+    return metrics
+
+
+def _val_predictions(run: _Run) -> pd.DataFrame:
+    """Predicted stars per held-out view: columns seg_key, exam_id, view, pred."""
     import pandas as pd
 
+    cfg, pairs = run.cfg, run.inputs.val_pairs
     pred = predict(
-        split, val_inputs, dev, cfg.train.eval_batch_size, features=use_features, amp=cfg.train.amp
+        run.split,
+        run.inputs.val_inputs,
+        run.device,
+        cfg.train.eval_batch_size,
+        features=run.inputs.use_features,
+        amp=cfg.train.amp,
     )
-    exams = data.table.drop_duplicates("seg_key").set_index("seg_key")["exam_id"]
+    exams = run.data.table.drop_duplicates("seg_key").set_index("seg_key")["exam_id"]
     return pd.DataFrame(
         {
-            "seg_key": [k for k, _ in val_pairs],
-            "exam_id": [exams[k] for k, _ in val_pairs],
-            "view": [v for _, v in val_pairs],
+            "seg_key": [k for k, _ in pairs],
+            "exam_id": [exams[k] for k, _ in pairs],
+            "view": [v for _, v in pairs],
             "pred": pred,
         }
     )
 
 
-def _validate(
-    split: SplitNetwork,
-    data: RunData,
-    val_pairs: list[tuple[str, str]],
-    val_inputs: Sequence[np.ndarray] | torch.Tensor,
-    dev: torch.device,
-    cfg: TrainConfig,
-    use_features: bool,
-) -> dict[str, float]:
+def _validate(run: _Run) -> dict[str, float]:
     """Pooled metrics over rated held-out views (NaN when nothing is held out)."""
-    if not val_pairs:
+    if not run.inputs.val_pairs:
         return regression_metrics([], [])
-    preds = _val_predictions(split, data, val_pairs, val_inputs, dev, cfg, use_features)
-    return summarize(preds, data.val_rated, data.contract.views)["views"]
-
-
-def _tensorboard(folder: Path) -> Any:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional: the CSV log always exists
-        logger.warning("tensorboard is not installed; logging to metrics.csv only")
-        return None
-    return SummaryWriter(log_dir=str(folder))
+    preds = _val_predictions(run)
+    return summarize(preds, run.data.val_rated, run.data.contract.views)["views"]
