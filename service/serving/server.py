@@ -33,6 +33,7 @@ from dqe.service.settings import ServerConfig
 
 if TYPE_CHECKING:
     from dqe.service.engine import Engine
+    from dqe.service.hardware import Hardware
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class DQEServer:
 
     def __init__(self, config: ServerConfig, engine: Engine | None = None) -> None:
         self.config = config
+        # Probe the hardware (imports OpenVINO when installed, with its telemetry off) before any gRPC object
+        # exists: gRPC does not support fork() once its threads run, and the probe used to run in the warm-up
+        # thread after start(). Cached, so the engine and GetModelInfo reuse it.
+        self.hardware = probe_hardware()
         self.metrics = Metrics()
         self.health = health.HealthServicer(
             experimental_non_blocking=True, experimental_thread_pool=ThreadPoolExecutor(max_workers=2)
@@ -196,6 +201,21 @@ class DQEServer:
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return bool(self.grpc_server.wait_for_termination(timeout))
+
+
+def probe_hardware() -> Hardware:
+    """The cached :func:`dqe.service.hardware.detect` result, probed now (before gRPC starts)."""
+    from dqe.service.hardware import detect
+
+    t0 = time.perf_counter()
+    hw = detect()
+    logger.info(
+        "hardware probed in %.0f ms (openvino %s)",
+        (time.perf_counter() - t0) * 1e3,
+        hw.openvino or "absent",
+        extra={"event": "hardware", "hardware": hw.summary()},
+    )
+    return hw
 
 
 def create_server(config: ServerConfig, engine: Engine | None = None) -> tuple[DQEServer, int]:
