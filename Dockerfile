@@ -65,10 +65,10 @@ RUN if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 COPY --from=wheel /dist /dist
-# Exactly the serving-only install: the wheel, no extras. The wheel depends on the CPU onnxruntime; the GPU
-# variant swaps it for onnxruntime-gpu (same module, plus the CUDA and TensorRT execution providers).
-# isal = 2-3x faster gzip decoding (optional; used when importable).
-RUN pip install /dist/*.whl "isal>=1.6" \
+# Exactly the serving-only install `make test-shipped` tests: the wheel, no extras (so no isal either: gzip
+# decoding uses zlib). The wheel depends on the CPU onnxruntime; the GPU variant swaps it for onnxruntime-gpu
+# (same module, plus the CUDA and TensorRT execution providers).
+RUN pip install /dist/*.whl \
  && if [ "${ORT}" != "onnxruntime" ]; then \
         pip uninstall -y onnxruntime && pip install "${ORT}>=${ORT_VERSION}"; \
     fi \
