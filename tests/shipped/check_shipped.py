@@ -168,7 +168,11 @@ def dqe_json(args: list[str]) -> dict[str, Any]:
 
 def main() -> int:
     if "DQE_HOME" not in os.environ:
-        raise CheckFailed("DQE_HOME is not set (the build environment's exported model home)")
+        # The build environment's model home (the CLI's default, where `make model` exported it), passed on
+        # explicitly so the serving venv reads exactly that model.
+        from dqe.models.artifacts import model_home
+
+        os.environ["DQE_HOME"] = str(model_home())
     WORK.mkdir(exist_ok=True)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()

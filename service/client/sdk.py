@@ -1,37 +1,14 @@
-"""A small client for the DQE gRPC service (one server or several replicas), used by ``dqe score --server``.
-
->>> with DQEClient("localhost:50051", deadline_s=60) as client:      # doctest: +SKIP
-...     remote = client.score_files("t1c.nii.gz", "t1.nii.gz", "t2.nii.gz", "flair.nii.gz", "seg.nii.gz")
-...     remote.mean_stars
-
-Several replicas: give a comma-separated list (``10.0.0.5:50051,10.0.0.6:50051``) or a resolver target
-(``dns:///dqe-headless.ns.svc:50051``, which resolves to every address behind the name). The channel uses
-gRPC's ``round_robin`` policy (one connection per replica, calls spread over those that are up) and, with
-several replicas, client-side health checking (a replica whose ``grpc.health.v1`` status is not SERVING, i.e.
-warming up or draining, gets no new calls); see :func:`channel_target`.
-
-Calls retry on UNAVAILABLE (server starting, warming up, draining or gone) and on a CANCELLED the server sent
-(a shutdown past its grace) with exponential backoff inside one overall deadline; with ``round_robin`` the
-retry goes to a replica that is still up. All four RPCs are idempotent (scoring has no side effect), so a retry
-can never change a result; each call still returns exactly once. A ``ScoreBatch`` stream that breaks that way
-is resumed on another replica with only the items not yet answered (see :meth:`DQEClient.score_batch`). Server errors come back as the same
-:class:`dqe.models.errors.DQEError` subclasses local scoring raises (``code``, ``field`` and ``message``
-preserved). Importing this module loads neither torch nor onnxruntime, nibabel or scipy.
-"""
+"""``DQEClient``: the SDK of ``dqe.v1.QualityEstimation`` (deadlines, retries on another replica, TLS, token)."""
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
 import random
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,279 +19,20 @@ import dqe.models.errors as errors
 from dqe.models.contract import PreprocessingContract
 from dqe.models.errors import DQEError, InvalidInput
 from dqe.models.preprocess import build_views
-from dqe.models.result import ScoreResult
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
-from dqe.service.wire import result_from_proto, tensor_from_views
+from dqe.service.client.errors import RemoteError, error_from_rpc, item_error
+from dqe.service.client.feed import BatchFeed
+from dqe.service.client.results import RemoteScore
+from dqe.service.client.targets import channel_target, service_config
+from dqe.service.wire import tensor_from_views
 
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 FIELDS = ("t1c", "t1", "t2", "flair", "segmentation")
-_CODE_CLASSES: dict[str, type[DQEError]] = {
-    "INVALID_ARGUMENT": errors.InvalidInput,
-    "NOT_FOUND": errors.NotFound,
-    "PERMISSION_DENIED": errors.PermissionDenied,
-    "UNAUTHENTICATED": errors.Unauthenticated,
-    "UNAVAILABLE": errors.ModelNotReady,
-    "RESOURCE_EXHAUSTED": errors.Overloaded,
-    "FAILED_PRECONDITION": errors.UnsupportedMode,
-}
 
 
-class RemoteError(DQEError):
-    """A server error with a status code outside the domain hierarchy (DEADLINE_EXCEEDED, INTERNAL, ...)."""
-
-    def __init__(
-        self, message: str, *, code: str, field: str | None = None, kind: str = "RemoteError"
-    ) -> None:
-        super().__init__(message, field=field)
-        self.code = code
-        self._kind = kind
-
-    @property
-    def kind(self) -> str:
-        return self._kind
-
-
-def error_from_rpc(err: grpc.RpcError) -> DQEError:
-    """The :class:`DQEError` a failed call stands for (class from the server's ``dqe-error-kind``)."""
-    code = err.code().name if callable(getattr(err, "code", None)) else "UNKNOWN"  # type: ignore[attr-defined]
-    details = str(err.details() or "") if callable(getattr(err, "details", None)) else str(err)  # type: ignore[attr-defined]
-    trailing = {}
-    if callable(getattr(err, "trailing_metadata", None)):
-        trailing = {k: v for k, v in (err.trailing_metadata() or ())}  # type: ignore[attr-defined]
-    field_name = str(trailing.get("dqe-error-field") or "") or None
-    kind = str(trailing.get("dqe-error-kind") or "")
-    if field_name and details.startswith(f"{field_name}: "):
-        details = details[len(field_name) + 2 :]
-    cls = getattr(errors, kind, None) if kind else None
-    if isinstance(cls, type) and issubclass(cls, DQEError) and cls.code == code:
-        return cls(details, field=field_name)
-    if code in _CODE_CLASSES:
-        return _CODE_CLASSES[code](details, field=field_name)
-    return RemoteError(
-        details or code, code=code, field=field_name, kind=kind or code.title().replace("_", "")
-    )
-
-
-# ---------------------------------------------------------------------------------------------- targets
-RESOLVER_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:")
-SERVICE_NAME = "dqe.v1.QualityEstimation"
-
-
-@dataclass(frozen=True)
-class ChannelTarget:
-    """What a ``--server`` value becomes: the gRPC target, its TLS authority and whether it names replicas.
-
-    Attributes:
-        target: the gRPC channel target (``host:port``, ``ipv4:a:p,b:p``, ``ipv6:[a]:p,...``, ``dns:///...``).
-        authority: the ``:authority`` / TLS name to use, or ``None`` for gRPC's default.
-        balanced: several replicas were named (a list or a resolver scheme), so health checking is on.
-    """
-
-    target: str
-    authority: str | None = None
-    balanced: bool = False
-
-
-def _split_host_port(entry: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port).
-
-    Raises:
-        InvalidInput: no port, or a port outside 1-65535 (field ``server``).
-    """
-    host, sep, port_text = entry.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidInput(
-            f"server target {entry!r} is not HOST:PORT (port 1-65535); several targets are comma-separated",
-            field="server",
-        )
-    return host.strip("[]"), int(port_text)
-
-
-def _literal_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def channel_target(server: str) -> ChannelTarget:
-    """The gRPC target for ``server``: one ``host:port``, a comma-separated list of them, or a resolver URI.
-
-    * ``host:port``: passed through (gRPC's DNS resolver; ``round_robin`` spreads calls over every address the
-      name resolves to, pick-first behaviour for a single address).
-    * ``a:p1,b:p2,...``: a static list, written as gRPC's ``ipv4:`` (or ``ipv6:``) target. Host names in the
-      list are resolved once, here (IPv4 addresses preferred); use ``dns:///name:port`` for a name whose
-      addresses change (gRPC re-resolves it when a connection fails). The first entry is the ``:authority``:
-      with TLS every replica must present a certificate for it (or give ``server_name``).
-    * ``dns:///name:port``, ``ipv4:...``, ``ipv6:...``, ``unix:...``: passed through.
-
-    Raises:
-        InvalidInput: empty entries, a missing port, a name that does not resolve (field ``server``).
-    """
-    server = server.strip()
-    if not server:
-        raise InvalidInput("server target is empty; expected HOST:PORT[,HOST:PORT...]", field="server")
-    if server.startswith(RESOLVER_SCHEMES):
-        return ChannelTarget(server, balanced=not server.startswith("unix"))
-    entries = [e.strip() for e in server.split(",")]
-    if any(not e for e in entries):
-        raise InvalidInput(f"server target list {server!r} has an empty entry", field="server")
-    if len(entries) == 1:
-        _split_host_port(entries[0])
-        return ChannelTarget(entries[0])
-    parsed = [_split_host_port(e) for e in entries]
-    v4: list[str] = []
-    v6: list[str] = []
-    for host, port in parsed:
-        ip = _literal_ip(host)
-        if ip is not None:
-            (v4 if ip.version == 4 else v6).append(f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}")
-            continue
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            raise InvalidInput(f"server {host!r} does not resolve ({exc})", field="server") from None
-        found4 = sorted({f"{i[4][0]}:{port}" for i in infos if i[0] == socket.AF_INET})
-        if found4:
-            v4.extend(found4)
-        else:
-            v6.extend(sorted({f"[{i[4][0]}]:{port}" for i in infos if i[0] == socket.AF_INET6}))
-    if v4 and v6:
-        raise InvalidInput(
-            f"server list {server!r} mixes IPv4 {v4} and IPv6 {v6} addresses; gRPC's static list takes one family",
-            field="server",
-        )
-    scheme, addresses = ("ipv4", v4) if v4 else ("ipv6", v6)
-    # The first entry is the :authority and the name TLS verifies on every replica (gRPC's default for a
-    # static list is the whole list, which no certificate names).
-    return ChannelTarget(f"{scheme}:{','.join(addresses)}", authority=entries[0], balanced=True)
-
-
-def service_config(health_checked: bool) -> str:
-    """The channel's service config JSON: ``round_robin``, plus client-side health checking if asked."""
-    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
-    if health_checked:
-        config["healthCheckConfig"] = {"serviceName": SERVICE_NAME}
-    return json.dumps(config)
-
-
-# ---------------------------------------------------------------------------------------------- results
-@dataclass
-class RemoteScore:
-    """A server's answer: the same :class:`ScoreResult` in-process scoring returns, plus how it ran."""
-
-    result: ScoreResult
-    runtime: dict[str, Any] = field(default_factory=dict)
-    request_id: str = ""
-
-    @property
-    def mean_stars(self) -> float:
-        return self.result.mean_stars
-
-    @property
-    def views(self) -> dict[str, float]:
-        return self.result.views
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON shape ``dqe score`` prints locally (``engine`` = the server's backend)."""
-        out = self.result.to_dict()
-        out["engine"] = dict(self.runtime)
-        return out
-
-    @classmethod
-    def from_proto(cls, msg: pb.ScoreResponse) -> RemoteScore:
-        result, runtime = result_from_proto(msg)
-        return cls(result=result, runtime=runtime, request_id=msg.request_id)
-
-
-# ---------------------------------------------------------------------------------------------- batch streams
-class _BatchFeed:
-    """The items of one ``score_batch`` call, shared by the streams (attempts) that carry them.
-
-    Items are pulled lazily from the caller's iterable and kept only until answered, so memory holds the items
-    in flight (bounded by the server's window and HTTP/2 flow control), not the whole batch. A new attempt first
-    replays the unanswered items, then continues with the iterable; the previous attempt's request generator
-    stops pulling from the iterable once a new attempt has started, so no item is pulled by a dead stream
-    after the replay list was taken (which would lose it).
-    """
-
-    def __init__(self, requests: Iterable[pb.ScoreCaseRequest | pb.ScoreViewsRequest]) -> None:
-        self._source = iter(requests)
-        self._pull_lock = threading.Lock()  # held while pulling from the caller's iterable
-        self._lock = threading.Lock()  # guards pending / answered
-        self._attempt = 0
-        self._next_index = 0
-        self.exhausted = False
-        self.source_error: BaseException | None = None
-        self.pending: dict[int, pb.ScoreBatchRequest] = {}  # original index -> sent, not yet answered
-        self.answered: set[int] = set()
-
-    @staticmethod
-    def _wrap(item: pb.ScoreCaseRequest | pb.ScoreViewsRequest) -> pb.ScoreBatchRequest:
-        if isinstance(item, pb.ScoreViewsRequest):
-            return pb.ScoreBatchRequest(views=item)
-        return pb.ScoreBatchRequest(case=item)
-
-    def done(self) -> bool:
-        with self._lock:
-            return self.exhausted and not self.pending
-
-    def new_attempt(self) -> tuple[Iterator[pb.ScoreBatchRequest], list[int]]:
-        """The request messages of a new stream and its index map (stream position -> original index)."""
-        with self._pull_lock, self._lock:
-            self._attempt += 1
-            replay = sorted(self.pending.items())
-        order: list[int] = []
-        return self._messages(self._attempt, replay, order), order
-
-    def _messages(
-        self, attempt: int, replay: list[tuple[int, pb.ScoreBatchRequest]], order: list[int]
-    ) -> Iterator[pb.ScoreBatchRequest]:
-        for index, msg in replay:
-            order.append(index)
-            yield msg
-        while True:
-            with self._pull_lock:
-                if attempt != self._attempt or self.exhausted:
-                    return
-                try:
-                    item = next(self._source)
-                except StopIteration:
-                    self.exhausted = True
-                    return
-                except BaseException as exc:  # the caller's iterable failed: end the stream, report it
-                    self.source_error = exc
-                    self.exhausted = True
-                    raise
-                msg = self._wrap(item)
-                with self._lock:
-                    index = self._next_index
-                    self._next_index += 1
-                    self.pending[index] = msg
-                order.append(index)
-            yield msg
-
-    def answer(self, index: int) -> bool:
-        """Mark ``index`` answered; False if it already was (a duplicate, which is dropped)."""
-        with self._lock:
-            if index in self.answered:
-                return False
-            self.answered.add(index)
-            self.pending.pop(index, None)
-            return True
-
-
-def _item_error(e: pb.ItemError) -> DQEError:
-    cls = getattr(errors, e.kind, None)
-    if isinstance(cls, type) and issubclass(cls, DQEError) and cls.code == e.code:
-        return cls(e.message, field=e.field or None)
-    return RemoteError(e.message, code=e.code, field=e.field or None, kind=e.kind or e.code)
-
-
-# ---------------------------------------------------------------------------------------------- client
 def _read_pem(value: str | bytes | None) -> bytes | None:
     if value is None or isinstance(value, bytes):
         return value
@@ -583,7 +301,7 @@ class DQEClient:
         """
         budget = self.deadline_s if deadline_s is None else deadline_s
         end = time.monotonic() + budget
-        feed = _BatchFeed(requests)
+        feed = BatchFeed(requests)
         refused: dict[int, DQEError] = {}  # items answered UNAVAILABLE, to send again
         metadata = self._metadata()
         fruitless = 0
@@ -605,7 +323,7 @@ class DQEClient:
                     if msg.WhichOneof("outcome") == "result":
                         outcome = RemoteScore.from_proto(msg.result)
                     else:
-                        outcome = _item_error(msg.error)
+                        outcome = item_error(msg.error)
                         if outcome.code == "UNAVAILABLE":
                             refused[index] = outcome
                             continue
