@@ -8,6 +8,7 @@ import os
 from dqe.service.commands.common import (
     EXIT_INVALID,
     add_engine_args,
+    add_label_convention_arg,
     engine_config,
     error_payload,
     print_json,
@@ -65,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-images", action="store_true", help="do not render per-segmentation PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_engine_args(p)
+    add_label_convention_arg(p)
     p.set_defaults(func=run)
 
 
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         images=not args.no_images,
         report_images=max(0, args.report_images),
         progress=not args.no_progress,
+        label_convention=args.label_convention,
     )
     try:
         outcome = run_batch(

@@ -21,6 +21,23 @@ def add_case_args(parser: argparse.ArgumentParser) -> None:
     for name in ("t1c", "t1", "t2", "flair"):
         parser.add_argument(f"--{name}", metavar="FILE", help=f"{name} NIfTI file")
     parser.add_argument("--seg", "--segmentation", dest="seg", metavar="FILE", help="segmentation NIfTI file")
+    add_label_convention_arg(parser)
+
+
+def add_label_convention_arg(parser: argparse.ArgumentParser) -> None:
+    """``--label-convention NAME``: how to read the segmentation's labels (:mod:`dqe.models.labels`)."""
+    from dqe.models.labels import AUTO, CHOICES
+
+    parser.add_argument(
+        "--label-convention",
+        choices=CHOICES,
+        default=os.environ.get("DQE_LABEL_CONVENTION", AUTO),
+        help="segmentation label layout, mapped to BraTS labels before scoring: auto (BraTS 1/2/3 or legacy "
+        "1/2/4, unchanged; default), brats2023, brats2021, brats2024-post (4 = resection cavity -> "
+        "background), msd (1 edema, 2 non-enhancing, 3 enhancing), met-core-edema (1 lesion, 2 edema), "
+        "whole-tumour (1 lesion); non-BraTS maps get an out-of-distribution warning (env "
+        "DQE_LABEL_CONVENTION)",
+    )
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -81,8 +98,16 @@ def load_case(args: argparse.Namespace) -> Case:
     from dqe.models.errors import InvalidInput
 
     files = case_files(args)
+    convention = getattr(args, "label_convention", None)
     if files is not None:
-        return Case.from_files(files["t1c"], files["t1"], files["t2"], files["flair"], files["segmentation"])
+        return Case.from_files(
+            files["t1c"],
+            files["t1"],
+            files["t2"],
+            files["flair"],
+            files["segmentation"],
+            label_convention=convention,
+        )
     if not args.case_dir:
         raise InvalidInput("give a case folder or all of --t1c --t1 --t2 --flair --seg", field="case_dir")
     found = discover_files(args.case_dir, require_segmentation=args.seg is None)
@@ -93,7 +118,11 @@ def load_case(args: argparse.Namespace) -> Case:
         found["segmentation"] = args.seg
     from pathlib import Path
 
-    return Case.from_files(**found, case_id=Path(args.case_dir).name)  # type: ignore[arg-type]
+    return Case.from_files(
+        **found,  # type: ignore[arg-type]
+        case_id=Path(args.case_dir).name,
+        label_convention=convention,
+    )
 
 
 def print_json(data: Any) -> None:

@@ -50,6 +50,12 @@ def score_command(args: argparse.Namespace) -> int:
     """``dqe score --server HOST:PORT``: same inputs and JSON shape as local ``dqe score``; exit 0 or 2."""
     t0 = time.perf_counter()
     try:
+        if getattr(args, "label_convention", "auto") not in (None, "auto"):
+            raise InvalidInput(
+                "--label-convention is applied by local scoring only; the server reads BraTS labels "
+                "(score without --server, or convert the segmentation first)",
+                field="label_convention",
+            )
         with client_from_args(args) as client:
             if getattr(args, "remote_paths", False):
                 if args.case_dir and not all(getattr(args, f) for f in ("t1c", "t1", "t2", "flair", "seg")):
