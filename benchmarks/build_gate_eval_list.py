@@ -3,10 +3,18 @@
 Every real algorithm segmentation (BraTS-GLI-00001-000: seg-BraTS23_1, its _mapped copy, BraTS Toolkit
 isen; TCGA-DU-7294 and OtherEXampleFromTCIA: 5 BraTS Toolkit algorithms + 2 fusions each; brainlesion-BraTS)
 is listed as ``good``. From each distinct one (the _mapped copy and the ``simple`` fusion, identical to
-``mav``, are not reused) every applicable failure mode of :mod:`dqe.models.qc.failures` is generated with
-``--seeds`` seeds and written as NIfTI (the segmentation's own affine, uint8) under ``--out``, listed as
-``bad``; ``empty`` is written once per source, and seeds that give an identical failure (the swap is
-deterministic) are listed once.
+``mav``, are not reused) failures are generated with ``--seeds`` seeds and written as NIfTI (the
+segmentation's own affine, uint8) under ``--out``, listed as ``bad`` with their exam and their WT/TC/ET
+Dice to the source:
+
+* ``--set mechanisms`` (default): the independent failure mechanisms of :mod:`dqe.models.qc.mechanisms`
+  (wrong interpolation, missing slab, other registration, label-convention mistakes, ...), on which no
+  gate threshold was set -- the non-circular evaluation;
+* ``--set modes``: the failure modes of :mod:`dqe.models.qc.failures` the gate was calibrated on (several
+  are the inverse of a check: evaluating on them is circular); ``empty`` is written once per source;
+* ``--set both``.
+
+Seeds that give an identical failure (deterministic mechanisms) are listed once.
 
     .venv/bin/python benchmarks/build_gate_eval_list.py --out benchmarks/out/gate_eval
     .venv/bin/dqe gate-eval benchmarks/out/gate_eval/list.csv --out benchmarks/out/gate_eval/report
@@ -59,14 +67,35 @@ def real_segmentations(shared: Path = SHARED) -> list[tuple[str, dict[str, Path]
     return out
 
 
-def build(out_dir: Path, seeds: int = 2, shared: Path = SHARED, first_seed: int = 0) -> Path:
+def exam_of(name: str) -> str:
+    """The exam (image set) a listed segmentation belongs to: its name up to the first ``/``."""
+    return name.split("/")[0]
+
+
+def _generators(labels, which: str):  # type: ignore[no-untyped-def]
+    """(kind, name, generator, deterministic) for every failure of ``which`` that applies to ``labels``."""
+    from dqe.models.qc import failures, mechanisms
+
+    out = []
+    if which in ("mechanisms", "both"):
+        for m in mechanisms.applicable_mechanisms(labels):
+            out.append((m, mechanisms.generate, m in mechanisms.DETERMINISTIC))
+    if which in ("modes", "both"):
+        for m in (*[m for m in failures.applicable_modes(labels) if m != "empty"], "empty"):
+            out.append((m, failures.generate_failure, m == "empty"))
+    return out
+
+
+def build(
+    out_dir: Path, seeds: int = 2, shared: Path = SHARED, first_seed: int = 0, which: str = "mechanisms"
+) -> Path:
     """Write the failures and ``list.csv`` under ``out_dir``; returns the list's path."""
     import nibabel as nib
     import numpy as np
 
     from dqe.models.case import Case
     from dqe.models.qc.brain import brain_mask_full
-    from dqe.models.qc.failures import applicable_modes, generate_failure
+    from dqe.models.qc.mechanisms import region_dice
 
     out_dir = out_dir.resolve()  # the list holds absolute paths (relative ones are read against the CSV)
     cases = real_segmentations(shared)
@@ -88,8 +117,12 @@ def build(out_dir: Path, seeds: int = 2, shared: Path = SHARED, first_seed: int 
                 "segmentation": str(files["segmentation"]),
                 "label": "good",
                 "case": name,
+                "exam": exam_of(name),
                 "mode": "good",
                 "seed": "",
+                "dice_wt": "1.0000",
+                "dice_tc": "1.0000",
+                "dice_et": "1.0000",
             }
         )
         if any(name.endswith(d) for d in DUPLICATES):
@@ -98,10 +131,10 @@ def build(out_dir: Path, seeds: int = 2, shared: Path = SHARED, first_seed: int 
             brains[key] = brain_mask_full(case.images)
         affine = case.segmentation.affine
         seen: set[bytes] = set()
-        for mode in (*[m for m in applicable_modes(case.labels) if m != "empty"], "empty"):
-            for seed in range(first_seed, first_seed + (1 if mode == "empty" else seeds)):
+        for mode, generate, deterministic in _generators(case.labels, which):
+            for seed in range(first_seed, first_seed + (1 if deterministic else seeds)):
                 t0 = time.perf_counter()
-                labels = generate_failure(case.labels, mode, seed, brains[key])
+                labels = generate(case.labels, mode, seed, brains[key])
                 digest = hashlib.sha1(labels.tobytes()).digest()
                 if digest in seen:  # a deterministic mode (swap) gives the same failure for every seed
                     continue
@@ -116,18 +149,39 @@ def build(out_dir: Path, seeds: int = 2, shared: Path = SHARED, first_seed: int 
                         "segmentation": str(path),
                         "label": "bad",
                         "case": name,
+                        "exam": exam_of(name),
                         "mode": mode,
                         "seed": str(seed),
+                        **{
+                            f"dice_{r.lower()}": f"{region_dice(case.labels, labels, r):.4f}"
+                            for r in ("WT", "TC", "ET")
+                        },
                     }
                 )
                 print(
-                    f"{name:50s} {mode:24s} seed {seed}  {(time.perf_counter() - t0) * 1e3:6.0f} ms",
+                    f"{name:50s} {mode:24s} seed {seed}  {(time.perf_counter() - t0) * 1e3:6.0f} ms  "
+                    f"WT Dice {rows[-1]['dice_wt']}",
                     flush=True,
                 )
     list_path = out_dir / "list.csv"
     with list_path.open("w", newline="") as fh:
         w = csv.DictWriter(
-            fh, fieldnames=["t1c", "t1", "t2", "flair", "segmentation", "label", "case", "mode", "seed"]
+            fh,
+            fieldnames=[
+                "t1c",
+                "t1",
+                "t2",
+                "flair",
+                "segmentation",
+                "label",
+                "case",
+                "exam",
+                "mode",
+                "seed",
+                "dice_wt",
+                "dice_tc",
+                "dice_et",
+            ],
         )
         w.writeheader()
         w.writerows(rows)
@@ -150,8 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--first-seed", type=int, default=0, help="first seed (the defaults were calibrated on seeds 0-2)"
     )
+    parser.add_argument(
+        "--set",
+        dest="which",
+        choices=("mechanisms", "modes", "both"),
+        default="mechanisms",
+        help="independent failure mechanisms (default), the calibration failure modes, or both",
+    )
     args = parser.parse_args(argv)
-    build(args.out, args.seeds, first_seed=args.first_seed)
+    build(args.out, args.seeds, first_seed=args.first_seed, which=args.which)
     return 0
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from dqe.models.contract import CONTRACT_V1, PreprocessingContract
 from dqe.models.errors import EmptySegmentation, InvalidInput, NotFound
+from dqe.models.labels import FLAG_HINT, apply_convention, track_warnings
 from dqe.models.nifti import DEFAULT_MAX_VOXELS, Volume, affine_usable, decode_nifti, from_array, load_nifti
 
 MODALITIES = ("t1c", "t1", "t2", "flair")
@@ -146,6 +147,8 @@ class Case:
         self.labels, self.counts = self._check_labels(warnings)
         self._check_images(warnings)
         self._check_geometry(warnings)
+        # another BraTS track by its name (BraTS-MET-..., -PED-, -MEN-, -SSA-): out of distribution
+        warnings.extend(track_warnings((case_id, *(v.source for v in self.volumes))))
         self.warnings: tuple[str, ...] = tuple(warnings)
 
     # ----------------------------------------------------------------- construction helpers
@@ -160,10 +163,13 @@ class Case:
         case_id: str | None = None,
         contract: PreprocessingContract = CONTRACT_V1,
         images: Mapping[str, Volume] | None = None,
+        label_convention: str | None = None,
     ) -> Case:
         """Load and validate; the five files are decoded in parallel threads (zlib/igzip drop the GIL).
 
         ``images`` lets a caller reuse already decoded images (batch scoring of many segmentations).
+        ``label_convention`` maps the segmentation's labels first (:mod:`dqe.models.labels`; ``None`` or
+        ``auto``: read as BraTS, unchanged).
         """
         paths = {"t1c": t1c, "t1": t1, "t2": t2, "flair": flair, "segmentation": segmentation}
         todo = {k: v for k, v in paths.items() if not (images and k in images)}
@@ -172,6 +178,7 @@ class Case:
             vols = {k: f.result() for k, f in futures.items()}
         if images:
             vols.update({k: v for k, v in images.items() if k in MODALITIES})
+        vols["segmentation"] = apply_convention(vols["segmentation"], label_convention)
         return cls.from_volumes(vols, case_id or Path(segmentation).name.split(".")[0], contract)
 
     @classmethod
@@ -180,12 +187,18 @@ class Case:
         folder: str | Path,
         segmentation: str | Path | None = None,
         contract: PreprocessingContract = CONTRACT_V1,
+        label_convention: str | None = None,
     ) -> Case:
         """A case from a BraTS-style folder; ``segmentation`` overrides the folder's own ``*seg*`` file."""
         files = discover_files(folder, require_segmentation=segmentation is None)
         if segmentation is not None:
             files["segmentation"] = Path(segmentation)
-        return cls.from_files(**files, case_id=Path(folder).name, contract=contract)  # type: ignore[arg-type]
+        return cls.from_files(
+            **files,  # type: ignore[arg-type]
+            case_id=Path(folder).name,
+            contract=contract,
+            label_convention=label_convention,
+        )
 
     @classmethod
     def from_bytes(
@@ -297,7 +310,7 @@ class Case:
             found = np.unique(seg[bad_mask])
             shown = ", ".join(f"{v:g}" for v in found[:10]) + (", ..." if found.size > 10 else "")
             raise InvalidInput(
-                f"segmentation has labels {{{shown}}}; expected a subset of {{{valid_text}}}",
+                f"segmentation has labels {{{shown}}}; expected a subset of {{{valid_text}}}; {FLAG_HINT}",
                 field="segmentation",
             )
         assert labels is not None
@@ -306,7 +319,8 @@ class Case:
         extra = sorted(k for k in range(top + 1) if counts[k] and k not in valid)
         if extra:
             raise InvalidInput(
-                f"segmentation has labels {{{', '.join(map(str, extra))}}}; expected a subset of {{{valid_text}}}",
+                f"segmentation has labels {{{', '.join(map(str, extra))}}}; expected a subset of "
+                f"{{{valid_text}}}; {FLAG_HINT}",
                 field="segmentation",
             )
         if counts[1:].sum() == 0:
@@ -317,7 +331,9 @@ class Case:
         if counts.size > 4 and counts[4] > 0:
             if counts[3] > 0:
                 warnings.append(
-                    "segmentation mixes label 3 and legacy label 4; both are read as enhancing tumour"
+                    "segmentation mixes label 3 and legacy label 4; both are read as enhancing tumour "
+                    "(in a BraTS 2024 post-treatment map 4 is the resection cavity: pass "
+                    "--label-convention brats2024-post)"
                 )
             else:
                 warnings.append(

@@ -1,9 +1,17 @@
 """Gate evaluation on a labelled list of cases: ROC AUC of stars alone vs the gate score, the confusion
-table at the default settings, a ROC plot and per-case results.
+table, detection per failure mechanism and per severity band, the false-alarm rate among good
+segmentations with its exact interval, Spearman rho(gate score, Dice), a ROC plot and per-case results.
 
 The list is a CSV with columns ``t1c,t1,t2,flair,segmentation,label`` (paths, relative ones resolved
-against the CSV's folder; ``label`` is ``good`` or ``bad``); optional ``case`` and ``mode`` columns are
-carried into the report (``mode`` gives a per-failure-mode table).
+against the CSV's folder; ``label`` is ``good`` or ``bad``); optional columns are carried into the report:
+``case``, ``mode`` (the failure mode or mechanism: per-mechanism tables), ``exam`` (the exam the images
+belong to; defaults to ``case`` up to its first ``/``), ``dice_wt``/``dice_tc``/``dice_et`` (Dice of a
+failure to the good segmentation it was made from: severity bands and the rank correlation).
+
+Thresholds (``calibration``): ``frozen`` evaluates every row with the given :class:`GateConfig`;
+``loosen``/``data`` evaluate leave-one-exam-out: the rows of each exam are gated with thresholds derived
+(:mod:`dqe.models.qc.calibration`) from the good segmentations of the *other* exams only, so no row is
+judged with thresholds its own exam helped set, and failures never set thresholds.
 
 AUC here is the probability that a good segmentation ranks above a bad one (ties count half). A
 segmentation with no tumour label cannot be scored: it gets the gate's ``fail`` verdict and ranks lowest
@@ -27,17 +35,25 @@ import numpy as np
 
 from dqe.models.case import MODALITIES, Case
 from dqe.models.errors import DQEError, EmptySegmentation, InvalidInput, NotFound
+from dqe.models.qc.calibration import fold_configs
+from dqe.models.qc.evalstats import Outcome, clopper_pearson, detection, detection_by_mechanism_and_band
 from dqe.models.qc.gate import empty_segmentation_result, evaluate_case
+from dqe.models.stats import spearman
 from dqe.service.engine import Engine
 
 if TYPE_CHECKING:
+    from dqe.models.case import Case
+    from dqe.models.nifti import Volume
     from dqe.models.qc.config import GateConfig
-    from dqe.service.engine import EngineConfig
+    from dqe.models.qc.types import Check
+    from dqe.service.engine import Engine, EngineConfig
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("t1c", "t1", "t2", "flair", "segmentation", "label")
 LABELS = ("good", "bad")
+CALIBRATIONS = ("auto", "frozen", "loosen", "data")
+DICE_COLUMNS = ("dice_wt", "dice_tc", "dice_et")
 IMAGE_CACHE = 2  # decoded image sets kept (segmentations of one exam are usually listed together)
 
 
@@ -49,6 +65,8 @@ class Row:
     label: str
     case: str = ""
     mode: str = ""
+    exam: str = ""
+    dice: dict[str, float] = field(default_factory=dict)
     mean_stars: float | None = None
     views: dict[str, float] = field(default_factory=dict)
     verdict: str = ""
@@ -58,6 +76,13 @@ class Row:
     score_ms: float = 0.0
     gate_ms: float = 0.0
     error: str = ""
+    checks: list[Check] = field(default_factory=list)
+    config: GateConfig | None = None  # the thresholds this row was gated with
+
+    @property
+    def dice_wt(self) -> float:
+        """WT Dice to the source segmentation (1.0 for a good row without one, NaN for a bad one)."""
+        return self.dice.get("dice_wt", 1.0 if self.label == "good" else math.nan)
 
 
 def read_list(path: str | Path) -> list[Row]:
@@ -88,12 +113,25 @@ def read_list(path: str | Path) -> list[Row]:
             for key in COLUMNS[:5]:
                 p = Path((rec[key] or "").strip())
                 files[key] = p if p.is_absolute() else (path.parent / p)
+            case = (rec.get("case") or "").strip()
+            dice = {}
+            for key in DICE_COLUMNS:
+                text = (rec.get(key) or "").strip()
+                if text:
+                    try:
+                        dice[key] = float(text)
+                    except ValueError:
+                        raise InvalidInput(
+                            f"{path.name} line {i}: {key} {text!r} is not a number", field=key
+                        ) from None
             rows.append(
                 Row(
                     files=files,
                     label=label,
-                    case=(rec.get("case") or "").strip(),
+                    case=case,
                     mode=(rec.get("mode") or "").strip(),
+                    exam=(rec.get("exam") or "").strip() or case.split("/")[0],
+                    dice=dice,
                 )
             )
     if not rows:
@@ -127,18 +165,31 @@ def _rank_value(v: float | None) -> float:
     return -math.inf if v is None else float(v)
 
 
-def evaluate_rows(rows: list[Row], engine_config: EngineConfig, gate_config: GateConfig) -> None:
-    """Score and gate every row in place (errors other than an empty segmentation are recorded)."""
+def evaluate_rows(
+    rows: list[Row],
+    engine: Engine,
+    gate_config: GateConfig,
+    configs: dict[str, GateConfig] | None = None,
+) -> None:
+    """Score and gate every row in place with its exam's config (``configs``, else ``gate_config``).
 
-    engine = Engine(engine_config)
-    cache: OrderedDict[tuple[str, ...], dict[str, Any]] = OrderedDict()
+    A row already gated with the same config is skipped; errors other than an empty segmentation are
+    recorded on the row.
+    """
+
+    cache: OrderedDict[tuple[str, ...], dict[str, Volume]] = OrderedDict()
     for n, row in enumerate(rows, start=1):
+        cfg = (configs or {}).get(row.exam, gate_config)
+        if row.config == cfg or row.error:
+            continue
+        row.config = cfg
         key = tuple(str(row.files[m]) for m in MODALITIES)
         images = cache.get(key)
+        case: Case
         try:
             case = Case.from_files(**row.files, case_id=row.case or None, images=images)  # type: ignore[arg-type]
         except EmptySegmentation as exc:
-            gate = empty_segmentation_result(exc.message, gate_config)
+            gate = empty_segmentation_result(exc.message, cfg)
             row.verdict, row.gate_score, row.reasons = gate.verdict.value, gate.gate_score, list(gate.reasons)
             row.failed_checks = [c.name for c in gate.checks if not c.passed]
             continue
@@ -153,10 +204,11 @@ def evaluate_rows(rows: list[Row], engine_config: EngineConfig, gate_config: Gat
         t0 = time.perf_counter()
         result = engine.score_case(case)
         row.score_ms = (time.perf_counter() - t0) * 1e3
-        gate = evaluate_case(case, result, gate_config)
+        gate = evaluate_case(case, result, cfg)
         row.mean_stars, row.views = result.mean_stars, dict(result.views)
         row.verdict, row.gate_score, row.reasons = gate.verdict.value, gate.gate_score, list(gate.reasons)
         row.failed_checks = [c.name for c in gate.checks if not c.passed and c.severity in ("fail", "review")]
+        row.checks = list(gate.checks)
         row.gate_ms = gate.elapsed_ms
         logger.info(
             "%d/%d %s %s: %.2f stars, %s",
@@ -167,6 +219,37 @@ def evaluate_rows(rows: list[Row], engine_config: EngineConfig, gate_config: Gat
             row.mean_stars,
             row.verdict,
         )
+
+
+def loeo_configs(
+    rows: list[Row], engine: Engine, gate_config: GateConfig, rule: str
+) -> tuple[dict[str, GateConfig], dict[str, dict[str, dict[str, float]]]]:
+    """Leave-one-exam-out thresholds: the good rows are gated with ``gate_config`` to read their check
+    values, then each exam gets the config derived from the good rows of the other exams.
+
+    Returns:
+        ``(config per exam, thresholds changed per exam)``.
+
+    Raises:
+        InvalidInput: fewer than two exams have good rows (nothing to leave out).
+    """
+
+    good = [r for r in rows if r.label == "good"]
+    evaluate_rows(good, engine, gate_config)
+    by_exam: dict[str, list[list[Check]]] = {}
+    for r in good:
+        if not r.error and r.checks:
+            by_exam.setdefault(r.exam, []).append(r.checks)
+    for r in rows:  # exams with failures only still get a fold (all good rows are training data)
+        by_exam.setdefault(r.exam, [])
+    if sum(1 for v in by_exam.values() if v) < 2:
+        raise InvalidInput(
+            f"leave-one-exam-out needs good segmentations of at least two exams; found {sorted(by_exam)} "
+            "(give an exam column, or use --calibration frozen)",
+            field="exam",
+        )
+    folds = fold_configs(by_exam, rule, gate_config)
+    return {e: c for e, (c, _) in folds.items()}, {e: ch for e, (_, ch) in folds.items()}
 
 
 def summarize(rows: list[Row], gate_config: GateConfig) -> dict[str, Any]:
@@ -243,14 +326,47 @@ def summarize(rows: list[Row], gate_config: GateConfig) -> dict[str, Any]:
     }
 
 
+def mechanism_summary(rows: list[Row]) -> dict[str, Any]:
+    """Detection per mechanism and per severity band, false alarms with Clopper-Pearson intervals and
+    Spearman rho of the gate score (and of the stars) with WT Dice, over the evaluated rows."""
+
+    done = [r for r in rows if not r.error]
+    good = [r for r in done if r.label == "good"]
+    bad = [r for r in done if r.label == "bad"]
+    outcomes = [Outcome(r.mode or "bad", r.dice_wt, r.verdict) for r in bad]
+
+    def rho(rs: list[Row], value: str) -> dict[str, Any]:
+        xs = [(float(r.gate_score or 0.0) if value == "gate" else _rank_value(r.mean_stars)) for r in rs]
+        ys = [r.dice_wt for r in rs]
+        finite = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
+        return spearman([x for x, _ in finite], [y for _, y in finite])
+
+    return {
+        "false_alarms": {
+            "flagged": clopper_pearson(sum(r.verdict in ("review", "fail") for r in good), len(good)),
+            "failed": clopper_pearson(sum(r.verdict == "fail" for r in good), len(good)),
+        },
+        "detection_by_mechanism": detection(outcomes, "mechanism"),
+        "detection_by_band": detection(outcomes, "band"),
+        "detection_table": detection_by_mechanism_and_band(outcomes),
+        "spearman_dice": {
+            "gate_score~dice_wt (failures)": rho(bad, "gate"),
+            "gate_score~dice_wt (all)": rho(done, "gate"),
+            "stars~dice_wt (failures)": rho(bad, "stars"),
+        },
+    }
+
+
 def write_results(rows: list[Row], path: Path) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(
             [
                 "case",
+                "exam",
                 "mode",
                 "label",
+                *DICE_COLUMNS,
                 "segmentation",
                 "mean_stars",
                 "axial",
@@ -268,8 +384,10 @@ def write_results(rows: list[Row], path: Path) -> None:
             w.writerow(
                 [
                     r.case,
+                    r.exam,
                     r.mode,
                     r.label,
+                    *(f"{r.dice[k]:.4f}" if k in r.dice else "" for k in DICE_COLUMNS),
                     str(r.files["segmentation"]),
                     "" if r.mean_stars is None else f"{r.mean_stars:.4f}",
                     *(f"{r.views[v]:.4f}" if v in r.views else "" for v in ("axial", "coronal", "sagittal")),
@@ -318,17 +436,50 @@ def evaluate_list(
     engine_config: EngineConfig,
     gate_config: GateConfig,
     plot: bool = True,
+    calibration: str = "frozen",
 ) -> dict[str, Any]:
     """Run the whole evaluation and write ``summary.json``, ``results.csv`` and ``roc.png`` to ``out_dir``.
 
+    Args:
+        calibration: ``frozen`` (every row gated with ``gate_config``), a rule of
+            :mod:`dqe.models.qc.calibration` (``loosen``, ``data``) applied leave-one-exam-out, or ``auto``
+            (``loosen`` when good rows of at least two exams are listed, else ``frozen``).
+
     Returns:
         The summary (also written as JSON), with the paths written under ``files``.
+
+    Raises:
+        NotFound, InvalidInput: a bad list (see :func:`read_list`), an unknown calibration, or fewer than
+            two exams with good rows for leave-one-exam-out.
     """
+    from dataclasses import asdict
+
+    if calibration not in CALIBRATIONS:
+        raise InvalidInput(
+            f"calibration {calibration!r} is not one of {', '.join(CALIBRATIONS)}", field="calibration"
+        )
     rows = read_list(list_csv)
+    if calibration == "auto":
+        exams = {r.exam for r in rows if r.label == "good"}
+        calibration = "loosen" if len(exams) >= 2 else "frozen"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    evaluate_rows(rows, engine_config, gate_config)
+    engine = Engine(engine_config)
+    configs: dict[str, GateConfig] | None = None
+    changed: dict[str, dict[str, dict[str, float]]] = {}
+    if calibration != "frozen":
+        configs, changed = loeo_configs(rows, engine, gate_config, calibration)
+    evaluate_rows(rows, engine, gate_config, configs)
     summary = summarize(rows, gate_config)
+    summary.update(mechanism_summary(rows))
+    summary["calibration"] = {
+        "mode": calibration,
+        "frozen_thresholds": asdict(gate_config),
+        "folds": {exam: changed.get(exam, {}) for exam in sorted({r.exam for r in rows})}
+        if calibration != "frozen"
+        else {},
+        "unchanged_in_every_fold": calibration != "frozen" and not any(changed.values()),
+    }
     files = {"summary": out / "summary.json", "results": out / "results.csv"}
     write_results(rows, files["results"])
     if plot and summary["n_good"] and summary["n_bad"]:

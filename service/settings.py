@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dqe.models.errors import InvalidInput
+from dqe.models.labels import CHOICES
 from dqe.models.registry import DEFAULT_MODEL_ID
 
 MIB = 1024 * 1024
@@ -117,6 +118,25 @@ class EngineSettings(Settings):
             backend=self.backend,
             intra_op_threads=self.intra_op_threads,
         )
+
+
+@dataclass(frozen=True)
+class CaseSettings(Settings):
+    """How a command reads a case.
+
+    Attributes:
+        label_convention: the segmentation's label layout (:data:`dqe.models.labels.CHOICES`), mapped to BraTS
+            labels before scoring; ``auto`` leaves BraTS 1/2/3 and legacy 1/2/4 maps as they are.
+    """
+
+    label_convention: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.label_convention not in CHOICES:
+            raise InvalidInput(
+                f"label_convention is {self.label_convention!r}; expected one of {list(CHOICES)}",
+                field="label_convention",
+            )
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,8 @@ def retry_logs(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name.startswith("dqe.service.client") and ("retry" in r.getMessage() or "resuming" in r.getMessage())
+        if r.name.startswith("dqe.service.client")
+        and ("retry" in r.getMessage() or "resuming" in r.getMessage())
     ]
 
 

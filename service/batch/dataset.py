@@ -24,6 +24,7 @@ from typing import Any
 from dqe.models import errors
 from dqe.models.case import MODALITIES, NIFTI_SUFFIXES, discover_files
 from dqe.models.errors import DQEError, InvalidInput, NotFound
+from dqe.models.labels import detect_track, get_convention
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class CaseSpec:
     jobs: tuple[SegJob, ...]
     error: DQEError | None = None
     labels_expected: bool = False
+    label_convention: str = "auto"
 
     def to_json(self) -> str:
         """A JSON form for shipping to other processes (Ray workers); paths as strings."""
@@ -96,6 +98,7 @@ class CaseSpec:
                 "ground_truth": str(self.ground_truth) if self.ground_truth else None,
                 "error": _error_json(self.error),
                 "labels_expected": self.labels_expected,
+                "label_convention": self.label_convention,
                 "jobs": [
                     {
                         "case_id": j.case_id,
@@ -130,6 +133,7 @@ class CaseSpec:
             jobs=jobs,
             error=_error_from_json(data["error"]),
             labels_expected=bool(data.get("labels_expected", False)),
+            label_convention=str(data.get("label_convention", "auto")),
         )
 
     def with_jobs(self, jobs: Sequence[SegJob]) -> CaseSpec:
@@ -141,6 +145,7 @@ class CaseSpec:
             tuple(jobs),
             self.error,
             self.labels_expected,
+            self.label_convention,
         )
 
 
@@ -179,6 +184,7 @@ def discover_dataset(
     submission_dirs: Sequence[str | Path],
     labels_dir: str | Path | None = None,
     key_extra: dict[str, Any] | None = None,
+    label_convention: str = "auto",
 ) -> Dataset:
     """Find the cases, the submissions of each team and the ground truth.
 
@@ -188,11 +194,17 @@ def discover_dataset(
         labels_dir: optional folder of ``<case id>.nii[.gz]`` reference segmentations.
         key_extra: settings the results depend on (model sha256, precision, ...), mixed into each job's
             ``input_key``.
+        label_convention: how the segmentations' labels are read (:mod:`dqe.models.labels`); part of the
+            ``input_key`` (re-running with another convention rescores). Cases named as a BraTS track other
+            than adult glioma are logged here and get an out-of-distribution warning in every record.
 
     Raises:
         NotFound: ``cases_dir``, a submission folder or ``labels_dir`` does not exist.
-        InvalidInput: no case folder, or two submission folders with the same name.
+        InvalidInput: no case folder, two submission folders with the same name, or an unknown
+            ``label_convention``.
     """
+
+    get_convention(label_convention)  # refuse an unknown name before any work
     root = Path(cases_dir)
     if not root.is_dir():
         raise NotFound(f"cases folder {str(root)!r} does not exist", field="cases_dir")
@@ -214,8 +226,11 @@ def discover_dataset(
     case_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not case_dirs:
         raise InvalidInput(f"cases folder {str(root)!r} has no case folder", field="cases_dir")
-    extra = json.dumps(key_extra or {}, sort_keys=True)
-    cases = [_case_spec(folder, teams, gt_root, extra) for folder in case_dirs]
+    # "auto" is left out of the key so journals written before conventions existed stay valid
+    conv = {} if label_convention == "auto" else {"label_convention": label_convention}
+    extra = json.dumps({**(key_extra or {}), **conv}, sort_keys=True)
+    cases = [_case_spec(folder, teams, gt_root, extra, label_convention) for folder in case_dirs]
+    _log_tracks(cases)
     case_ids = {c.case_id for c in cases}
     unmatched: dict[str, list[str]] = {}
     for team, path in teams + ([("ground_truth", gt_root)] if gt_root else []):
@@ -230,7 +245,29 @@ def discover_dataset(
     return Dataset(cases=cases, teams=names, labels_dir=gt_root, unmatched=unmatched)
 
 
-def _case_spec(folder: Path, teams: list[tuple[str, Path]], gt_root: Path | None, extra: str) -> CaseSpec:
+def _log_tracks(cases: Sequence[CaseSpec]) -> None:
+    """Log how many cases are named as BraTS tracks outside the model's training distribution."""
+
+    ood: dict[str, int] = {}
+    for case in cases:
+        track = detect_track([case.case_id])
+        if track is not None and not track.in_distribution:
+            ood[track.code] = ood.get(track.code, 0) + 1
+    if ood:
+        logger.warning(
+            "cases named as BraTS tracks outside the model's training distribution (adult glioma): %s; "
+            "their records carry a warning",
+            ", ".join(f"{n} {code}" for code, n in sorted(ood.items())),
+        )
+
+
+def _case_spec(
+    folder: Path,
+    teams: list[tuple[str, Path]],
+    gt_root: Path | None,
+    extra: str,
+    label_convention: str = "auto",
+) -> CaseSpec:
     case_id = folder.name
     error: DQEError | None = None
     images: dict[str, Path] = {}
@@ -251,4 +288,13 @@ def _case_spec(folder: Path, teams: list[tuple[str, Path]], gt_root: Path | None
             )
         digest = hashlib.sha256(json.dumps([file_stat(seg), *base]).encode()).hexdigest()[:32]
         jobs.append(SegJob(case_id, team, seg, job_error, digest))
-    return CaseSpec(case_id, folder, images, gt, tuple(jobs), error, labels_expected=gt_root is not None)
+    return CaseSpec(
+        case_id,
+        folder,
+        images,
+        gt,
+        tuple(jobs),
+        error,
+        labels_expected=gt_root is not None,
+        label_convention=label_convention,
+    )

@@ -110,7 +110,12 @@ def prepare_seg(
         return out
     try:
         files = {**spec.images, "segmentation": job.segmentation}
-        case = Case.from_files(**files, case_id=job.case_id, images=images)  # type: ignore[arg-type]
+        case = Case.from_files(
+            **files,  # type: ignore[arg-type]
+            case_id=job.case_id,
+            images=images,
+            label_convention=spec.label_convention,
+        )
         out.views, out.com = engine.preprocess(case)
         out.warnings = list(case.warnings)
         if reference_note:

@@ -51,6 +51,7 @@ class BatchOptions:
         images: render the per-segmentation PNGs.
         report_images: how many of the worst segmentations get their views in ``report.html``.
         progress: tqdm progress bar on stderr.
+        label_convention: how the segmentations' labels are read (:mod:`dqe.models.labels`; ``auto``).
     """
 
     engine: str = "local"
@@ -63,6 +64,7 @@ class BatchOptions:
     images: bool = True
     report_images: int = 100
     progress: bool = True
+    label_convention: str = "auto"
 
 
 @dataclass
@@ -160,7 +162,9 @@ def run_batch(
         "gate": use_gate,
         "nsd_tolerance_mm": opts.nsd_tolerance_mm,
     }
-    dataset = discover_dataset(cases_dir, submission_dirs, labels_dir, key_extra=key_extra)
+    dataset = discover_dataset(
+        cases_dir, submission_dirs, labels_dir, key_extra=key_extra, label_convention=opts.label_convention
+    )
     journal = Journal(out / JOURNAL_NAME)
     specs, skipped = _pending(dataset, journal)
     total = len(dataset.jobs)

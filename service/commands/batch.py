@@ -8,8 +8,10 @@ from dqe.models.errors import DQEError
 from dqe.service.commands.common import (
     EXIT_INVALID,
     add_engine_args,
+    add_label_convention_arg,
     engine_config,
     error_payload,
+    label_convention,
     print_json,
 )
 from dqe.service.settings import BatchSettings
@@ -66,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-images", action="store_true", help="do not render per-segmentation PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_engine_args(p)
+    add_label_convention_arg(p)
     p.set_defaults(func=run)
 
 
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             images=not args.no_images,
             report_images=max(0, args.report_images),
             progress=not args.no_progress,
+            label_convention=label_convention(args),
         )
         outcome = run_batch(
             args.cases_dir, args.submissions, args.out, args.labels, engine_config(args), options

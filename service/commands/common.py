@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dqe.models.errors import DQEError, InvalidInput
+from dqe.models.labels import CHOICES
 from dqe.models.qc.config import GateConfig
-from dqe.service.settings import ClientSettings, EngineSettings, Settings
+from dqe.service.settings import CaseSettings, ClientSettings, EngineSettings, Settings
 
 if TYPE_CHECKING:
     from dqe.models.case import Case
@@ -31,6 +32,32 @@ def add_case_args(parser: argparse.ArgumentParser) -> None:
     for name in ("t1c", "t1", "t2", "flair"):
         parser.add_argument(f"--{name}", metavar="FILE", help=f"{name} NIfTI file")
     parser.add_argument("--seg", "--segmentation", dest="seg", metavar="FILE", help="segmentation NIfTI file")
+    add_label_convention_arg(parser)
+
+
+def add_label_convention_arg(parser: argparse.ArgumentParser) -> None:
+    """``--label-convention NAME``: how to read the segmentation's labels (:mod:`dqe.models.labels`)."""
+
+    parser.add_argument(
+        "--label-convention",
+        choices=CHOICES,
+        help="segmentation label layout, mapped to BraTS labels before scoring: auto (BraTS 1/2/3 or legacy "
+        "1/2/4, unchanged; default), brats2023, brats2021, brats2024-post (4 = resection cavity -> "
+        "background), msd (1 edema, 2 non-enhancing, 3 enhancing), met-core-edema (1 lesion, 2 edema), "
+        "whole-tumour (1 lesion); non-BraTS maps get an out-of-distribution warning (env "
+        "DQE_LABEL_CONVENTION)",
+    )
+
+
+def label_convention(args: argparse.Namespace) -> str:
+    """The label convention from ``--label-convention``, ``DQE_LABEL_CONVENTION`` or ``auto``.
+
+    Raises:
+        InvalidInput: not a known convention (names the variable and the value).
+    """
+    return CaseSettings.from_sources(
+        {"label_convention": getattr(args, "label_convention", None)}
+    ).label_convention
 
 
 def _env_help(cls: type[Settings], name: str, what: str) -> str:
@@ -177,8 +204,16 @@ def load_case(args: argparse.Namespace) -> Case:
     )
 
     files = case_files(args)
+    convention = label_convention(args)
     if files is not None:
-        return Case.from_files(files["t1c"], files["t1"], files["t2"], files["flair"], files["segmentation"])
+        return Case.from_files(
+            files["t1c"],
+            files["t1"],
+            files["t2"],
+            files["flair"],
+            files["segmentation"],
+            label_convention=convention,
+        )
     if not args.case_dir:
         raise InvalidInput("give a case folder or all of --t1c --t1 --t2 --flair --seg", field="case_dir")
     found = discover_files(args.case_dir, require_segmentation=args.seg is None)
@@ -187,7 +222,11 @@ def load_case(args: argparse.Namespace) -> Case:
             found[name] = getattr(args, name)
     if args.seg:
         found["segmentation"] = args.seg
-    return Case.from_files(**found, case_id=Path(args.case_dir).name)  # type: ignore[arg-type]
+    return Case.from_files(
+        **found,  # type: ignore[arg-type]
+        case_id=Path(args.case_dir).name,
+        label_convention=convention,
+    )
 
 
 def print_json(data: Any) -> None:

@@ -43,8 +43,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="evaluate the gate vs stars alone on a labelled CSV list (ROC AUC, confusion table, ROC plot)",
         description=(
             "LIST.csv has columns t1c,t1,t2,flair,segmentation,label (label good or bad; optional columns "
-            "case and mode are carried into the report). Prints a JSON summary and writes summary.json, "
-            "results.csv and roc.png to --out."
+            "case, mode, exam and dice_wt/dice_tc/dice_et are carried into the report: detection per "
+            "mechanism and per severity band, false alarms with Clopper-Pearson intervals, Spearman "
+            "rho(gate score, Dice)). Prints a JSON summary and writes summary.json, results.csv and "
+            "roc.png to --out."
         ),
     )
     e.add_argument("list_csv", type=Path, metavar="LIST.csv")
@@ -52,6 +54,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_engine_args(e)
     add_star_threshold_arg(e)
     e.add_argument("--no-plot", action="store_true", help="skip the ROC plot (no matplotlib needed)")
+    e.add_argument(
+        "--calibration",
+        choices=("auto", "frozen", "loosen", "data"),
+        default="auto",
+        help="thresholds: frozen (the defaults for every row), loosen or data (leave-one-exam-out: each "
+        "exam gated with thresholds derived from the other exams' good rows; see "
+        "dqe.models.qc.calibration), auto (loosen with >= 2 exams, else frozen; default)",
+    )
     e.set_defaults(func=run_eval)
 
 
@@ -107,7 +117,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
     try:
         summary = evaluate_list(
-            args.list_csv, args.out, engine_config(args), gate_config(args), plot=not args.no_plot
+            args.list_csv,
+            args.out,
+            engine_config(args),
+            gate_config(args),
+            plot=not args.no_plot,
+            calibration=args.calibration,
         )
     except DQEError as exc:
         print_json(error_payload(exc))

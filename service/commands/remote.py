@@ -13,7 +13,14 @@ from pathlib import Path
 from dqe.models.case import discover_files
 from dqe.models.errors import DQEError, InvalidInput
 from dqe.service.client import DQEClient
-from dqe.service.commands.common import EXIT_INVALID, case_files, client_settings, error_payload, print_json
+from dqe.service.commands.common import (
+    EXIT_INVALID,
+    case_files,
+    client_settings,
+    error_payload,
+    label_convention,
+    print_json,
+)
 
 
 def client_from_args(args: argparse.Namespace) -> DQEClient:
@@ -58,6 +65,12 @@ def score_command(args: argparse.Namespace) -> int:
     """``dqe score --server TARGET``: same inputs and JSON shape as local ``dqe score``; exit 0 or 2."""
     t0 = time.perf_counter()
     try:
+        if label_convention(args) != "auto":
+            raise InvalidInput(
+                "--label-convention is applied by local scoring only; the server reads BraTS labels "
+                "(score without --server, or convert the segmentation first)",
+                field="label_convention",
+            )
         with client_from_args(args) as client:
             if getattr(args, "remote_paths", False):
                 if args.case_dir and not all(getattr(args, f) for f in ("t1c", "t1", "t2", "flair", "seg")):
