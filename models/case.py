@@ -14,13 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dqe.models.contract import CONTRACT_V1, PreprocessingContract
+from dqe.models.contract import CONTRACT_V1, FIELDS, MODALITIES, PreprocessingContract
 from dqe.models.errors import EmptySegmentation, InvalidInput, NotFound
 from dqe.models.labels import FLAG_HINT, apply_convention, track_warnings
 from dqe.models.nifti import DEFAULT_MAX_VOXELS, Volume, affine_usable, decode_nifti, from_array, load_nifti
-
-MODALITIES = ("t1c", "t1", "t2", "flair")
-FIELDS = (*MODALITIES, "segmentation")
 
 # Modality tokens in BraTS 2023 (-t1c/-t1n/-t2w/-t2f/-seg), BraTS 2021 (_t1ce/_t1/_t2/_flair/_seg) and
 # BraTS Toolkit (_t1c/_t1/_t2/_fla, optionally followed by _bet) file names.

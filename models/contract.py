@@ -95,3 +95,7 @@ class PreprocessingContract:
 
 
 CONTRACT_V1 = PreprocessingContract()
+
+# The case's files, defined once from the contract: the four images in network channel order, then the label map.
+MODALITIES: tuple[str, ...] = CONTRACT_V1.image_channels
+FIELDS: tuple[str, ...] = (*MODALITIES, "segmentation")

@@ -1,4 +1,5 @@
-"""Correlation of stars with reference metrics, with confidence intervals.
+"""The shared statistics, defined once: overlap (Dice per BraTS region, label maps from the contract), ranking
+(ROC AUC), and correlation of stars with reference metrics, with confidence intervals.
 
 * Pearson r: ``scipy.stats.pearsonr`` and its Fisher-z confidence interval
   (``PearsonRResult.confidence_interval``), z = artanh(r), SE = 1 / sqrt(n - 3).
@@ -18,7 +19,44 @@ from typing import Any
 
 import numpy as np
 
+from dqe.models.contract import CONTRACT_V1
+
 MIN_PAIRS = 4
+# BraTS regions as label sets, from the preprocessing contract: TC = {1, 3, 4}, WT = {1, 2, 3, 4}, ET = {3, 4}.
+REGION_LABELS: dict[str, tuple[int, ...]] = dict(CONTRACT_V1.label_map)
+REGIONS: tuple[str, ...] = ("WT", "TC", "ET")
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two boolean masks; 1 when both are empty, 0 when exactly one is."""
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(np.logical_and(a, b))) / total
+
+
+def region_dice(a: np.ndarray, b: np.ndarray, region: str = "WT") -> float:
+    """Dice of one BraTS region (``WT``, ``TC`` or ``ET``) between two label volumes; 1 when both are empty."""
+    labels = REGION_LABELS[region]
+    return dice(np.isin(a, labels), np.isin(b, labels))
+
+
+def auc(good: Sequence[float], bad: Sequence[float]) -> float:
+    """ROC AUC of separating ``good`` from ``bad`` by score: P(good > bad) + P(tie) / 2 (Mann-Whitney U over
+    n_good * n_bad); NaN when a group is empty."""
+    g = np.asarray(good, dtype=np.float64)
+    b = np.asarray(bad, dtype=np.float64)
+    if g.size == 0 or b.size == 0:
+        return math.nan
+    diff = g[:, None] - b[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def pearson_r(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Pearson r alone (no interval); NaN with fewer than 2 points or a constant input."""
+    xa = np.asarray(x, dtype=np.float64)
+    ya = np.asarray(y, dtype=np.float64)
+    if xa.size < 2 or np.std(xa) == 0 or np.std(ya) == 0:
+        return math.nan
+    return float(np.corrcoef(xa, ya)[0, 1])
 
 
 def _nan_result(n: int) -> dict[str, Any]:

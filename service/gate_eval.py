@@ -38,7 +38,7 @@ from dqe.models.errors import DQEError, EmptySegmentation, InvalidInput, NotFoun
 from dqe.models.qc.calibration import fold_configs
 from dqe.models.qc.evalstats import Outcome, clopper_pearson, detection, detection_by_mechanism_and_band
 from dqe.models.qc.gate import empty_segmentation_result, evaluate_case
-from dqe.models.stats import spearman
+from dqe.models.stats import auc, spearman
 from dqe.service.engine import Engine
 
 if TYPE_CHECKING:
@@ -137,17 +137,6 @@ def read_list(path: str | Path) -> list[Row]:
     if not rows:
         raise InvalidInput(f"list {path.name} has no rows", field="list_csv")
     return rows
-
-
-def auc(good: Sequence[float], bad: Sequence[float]) -> float:
-    """P(score of a good case > score of a bad case), ties counting half (Mann-Whitney U / n_good n_bad)."""
-    g = np.asarray(good, dtype=float)
-    b = np.asarray(bad, dtype=float)
-    if g.size == 0 or b.size == 0:
-        return float("nan")
-    greater = (g[:, None] > b[None, :]).sum()
-    ties = (g[:, None] == b[None, :]).sum()
-    return float((greater + 0.5 * ties) / (g.size * b.size))
 
 
 def roc_points(good: Sequence[float], bad: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

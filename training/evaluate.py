@@ -17,21 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dqe.models.stats import pearson_r
 from dqe.training.data import build_view_bank, expand_views, rated_views
 
 if TYPE_CHECKING:
     import pandas as pd
 
 MEAN = "mean"
-
-
-def pearson(pred: np.ndarray, target: np.ndarray) -> float:
-    """Pearson r; NaN with fewer than 2 points or a constant input."""
-    pred = np.asarray(pred, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    if pred.size < 2 or np.std(pred) == 0 or np.std(target) == 0:
-        return math.nan
-    return float(np.corrcoef(pred, target)[0, 1])
 
 
 def regression_metrics(
@@ -48,7 +40,7 @@ def regression_metrics(
     return {
         "mae": float(np.mean(np.abs(err))),
         "rmse": float(np.sqrt(np.mean(err**2))),
-        "pearson": pearson(p, t),
+        "pearson": pearson_r(p, t),
         "bias": float(np.mean(err)),
         "n": int(p.size),
     }
@@ -102,7 +94,7 @@ def scatter_plot(pred: np.ndarray, target: np.ndarray, path: str | Path, title: 
     if pred.size >= 2 and np.std(target) > 0:
         slope, icept = np.polyfit(target, pred, 1)
         xs = np.array([1.0, 6.0])
-        ax.plot(xs, slope * xs + icept, ls=":", color="c", label=f"fit (r = {pearson(pred, target):.2f})")
+        ax.plot(xs, slope * xs + icept, ls=":", color="c", label=f"fit (r = {pearson_r(pred, target):.2f})")
     ax.set(xlim=(0.8, 6.2), ylim=(0.8, 6.2), xlabel="rated stars", ylabel="predicted stars", title=title)
     ax.legend(loc="lower right")
     fig.tight_layout()

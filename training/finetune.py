@@ -37,8 +37,8 @@ from dqe.models.nifti import load_nifti
 from dqe.models.preprocess import build_views
 from dqe.models.qc.brain import brain_mask_full
 from dqe.models.qc.failures import FAILURE_MODES, applicable_modes, generate_failure
+from dqe.models.stats import REGION_LABELS, auc, dice, pearson_r
 from dqe.training.data import read_ratings
-from dqe.training.evaluate import pearson
 from dqe.training.model import released_weights
 from dqe.training.trainer import RunError, train
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MODES = ("metric", "failure")
-REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4), "ET": (3, 4)}
+REGIONS = REGION_LABELS  # from the preprocessing contract (dqe.models.stats)
 
 
 @dataclass(frozen=True)
@@ -118,12 +118,6 @@ class FinetuneOptions:
 # ------------------------------------------------------------------------------------------ metrics
 def region_mask(labels: np.ndarray, region: str) -> np.ndarray:
     return np.isin(labels, REGIONS[region])
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1 when both are empty, 0 when exactly one is."""
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(a & b)) / total
 
 
 def _bbox(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -397,13 +391,6 @@ def build_table(
 
 
 # ------------------------------------------------------------------------------------------ verdict
-def auc(good: np.ndarray, bad: np.ndarray) -> float:
-    """P(good > bad) + P(tie) / 2 (Mann-Whitney); NaN when a group is empty."""
-    good, bad = np.asarray(good, dtype=np.float64), np.asarray(bad, dtype=np.float64)
-    if good.size == 0 or bad.size == 0:
-        return math.nan
-    diff = good[:, None] - bad[None, :]
-    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
 
 
 def heldout_criteria(
@@ -433,7 +420,7 @@ def summarize_heldout(before: pd.DataFrame, after: pd.DataFrame) -> dict[str, An
         out[tag] = {
             "n": int(len(frame)),
             "mae_m": float(np.abs(frame["pred"] - frame["stars"]).mean()),
-            "r_m": pearson(frame["pred"].to_numpy(), frame["stars"].to_numpy()),
+            "r_m": pearson_r(frame["pred"].to_numpy(), frame["stars"].to_numpy()),
             "auc": auc(good["pred"].to_numpy(), fail["pred"].to_numpy()),
             "good": float(good["pred"].mean()) if len(good) else math.nan,
             "fail": float(fail["pred"].mean()) if len(fail) else math.nan,

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from dqe.models.phantom import SHAPES, make_phantom, write_case
+from dqe.models.stats import dice
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,12 +56,6 @@ DEGRADATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]]
     "core_only": _core_only,
     "edema_as_core": _edema_as_core,
 }
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks; 1 when both are empty."""
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def synthetic_ratings(

@@ -43,6 +43,7 @@ from scipy import ndimage as ndi
 
 from dqe.models.qc.brain import bbox
 from dqe.models.qc.failures import MIN_COMPARTMENT_VOXELS
+from dqe.models.stats import REGION_LABELS, region_dice
 
 NECROSIS, EDEMA = 1, 2
 
@@ -62,7 +63,7 @@ MECHANISMS: tuple[str, ...] = (
 DETERMINISTIC: frozenset[str] = frozenset(
     {"flip_ap", "labels_124_as_123", "labels_123_as_124", "labels_msd_order"}
 )
-REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4), "ET": (3, 4)}
+REGIONS = REGION_LABELS  # from the preprocessing contract (dqe.models.stats)
 
 
 def applicable_mechanisms(labels: np.ndarray, min_voxels: int = MIN_COMPARTMENT_VOXELS) -> tuple[str, ...]:
@@ -120,16 +121,6 @@ def generate(
     rng = np.random.default_rng(seed)
     out = _MECHANISMS[mechanism](labels, rng, brain_mask)
     return out.astype(labels.dtype, copy=False)
-
-
-def region_dice(a: np.ndarray, b: np.ndarray, region: str = "WT") -> float:
-    """Dice of one BraTS region (``WT``, ``TC`` or ``ET``) between two label volumes; 1.0 when both are empty."""
-    labs = REGIONS[region]
-    ma, mb = np.isin(a, labs), np.isin(b, labs)
-    total = int(np.count_nonzero(ma)) + int(np.count_nonzero(mb))
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(ma & mb)) / total
 
 
 # ----------------------------------------------------------------------------------------- resampling

@@ -32,9 +32,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from dqe.models.errors import InvalidInput
+from dqe.models.stats import REGION_LABELS, REGIONS
 
-REGIONS = ("WT", "TC", "ET")
-DEFAULT_REGION_LABELS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4), "ET": (3, 4)}
+DEFAULT_REGION_LABELS = REGION_LABELS  # from the preprocessing contract (dqe.models.stats)
 METRICS = ("dice", "hd95", "nsd")
 MARGIN = 2
 

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 import dqe.models.errors as errors
-from dqe.models.contract import PreprocessingContract
+from dqe.models.contract import FIELDS, PreprocessingContract
 from dqe.models.errors import DQEError, InvalidInput
 from dqe.models.preprocess import build_views
 from dqe.service._proto import quality_estimation_pb2 as pb
@@ -30,7 +30,6 @@ from dqe.service.wire import tensor_from_views
 logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
-FIELDS = ("t1c", "t1", "t2", "flair", "segmentation")
 
 
 def _read_pem(value: str | bytes | None) -> bytes | None:
