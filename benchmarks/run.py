@@ -307,7 +307,7 @@ def gate_section(plan: Plan, cases: list[tuple[str, dict[str, Path]]], threads: 
 # ----------------------------------------------------------------------------------------------- inputs
 def gate_cases() -> list[tuple[str, dict[str, Path]]]:
     """Every real segmentation in the shared data (or the exam cases, phantoms included, without it)."""
-    from dqe.service.backends.calibration import discover_cases
+    from dqe.service.calibration import discover_cases
 
     real = discover_cases(SHARED)
     if real:
