@@ -372,7 +372,7 @@ def test_degenerate_inputs_give_finite_checks(phantom):
 
 
 def test_checks_are_fast_enough(phantom):
-    """A generous CPU-time guard (the budget is 50 ms on a quiet core; see benchmarks/bench_gate.py)."""
+    """A generous CPU-time guard (the budget is 50 ms on a quiet core; its time is measured by `make bench`)."""
     import time
 
     case = case_with(phantom, phantom.segmentation)
