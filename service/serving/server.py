@@ -230,6 +230,24 @@ M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 1024 * 1024
 
 
+def _libc() -> Any:
+    """The C library already loaded in this process (glibc on Linux), or ``None``.
+
+    ``ctypes.CDLL(None)`` resolves symbols in the running process; ``ctypes.util.find_library`` is avoided
+    because it runs ``ldconfig -p`` in a subprocess, a fork once gRPC's threads run (tests/test_forks.py).
+    """
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt  # noqa: B018 - probe the symbol: musl and others have no mallopt
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def return_memory_eagerly() -> bool:
     """Make glibc give large buffers back to the OS when they are freed (Linux/glibc only; else a no-op).
 
@@ -240,14 +258,10 @@ def return_memory_eagerly() -> bool:
     Returns:
         Whether the setting was applied.
     """
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(name)
         ok = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
         ok = bool(libc.mallopt(M_TRIM_THRESHOLD, 4 * MMAP_THRESHOLD_BYTES)) and ok
     except (OSError, AttributeError):
@@ -260,15 +274,9 @@ def trim_memory_forever(stop: threading.Event, every_s: float = 5.0) -> None:
     """Every ``every_s`` seconds, hand the free pages of glibc's heaps back to the OS (``malloc_trim(0)``,
     a few ms), so memory freed after a burst of requests leaves the process instead of staying resident in
     the per-thread arenas of the handler threads that received them."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is None:
         return
     while not stop.wait(every_s):
         trim(0)
