@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from dqe.models.errors import InvalidInput
 from dqe.models.labels import CHOICES
 from dqe.models.registry import DEFAULT_MODEL_ID
+from dqe.service.backends.config import EngineConfig
 
 MIB = 1024 * 1024
 ENV_PREFIX = "DQE_"
@@ -36,6 +37,17 @@ _RESERVED_HANDLER_THREADS = 8  # handler threads scoring calls never hold (fast 
 # Environment names that differ from DQE_<FIELD>.
 ENV_NAMES = {"model_id": "DQE_MODEL", "intra_op_threads": "DQE_THREADS"}
 S = TypeVar("S", bound="Settings")
+
+
+def engine_config_of(settings: Any) -> EngineConfig:
+    """The :class:`EngineConfig` of settings that carry the engine fields (``EngineSettings``, ``ServerConfig``)."""
+    return EngineConfig(
+        model_id=settings.model_id,
+        providers=settings.providers,
+        precision=settings.precision,
+        backend=settings.backend,
+        intra_op_threads=settings.intra_op_threads,
+    )
 
 
 class Settings:
@@ -105,19 +117,9 @@ class EngineSettings(Settings):
                 field="intra_op_threads",
             )
 
-    def engine_config(self) -> Any:
+    def engine_config(self) -> EngineConfig:
         """The :class:`dqe.service.engine.EngineConfig` these settings describe."""
-        from dqe.service.engine import (  # lazy: onnxruntime + NIfTI stack load when a model is run, not when a command is parsed
-            EngineConfig,  # lazy: the engine (onnxruntime, nibabel) only when a command builds one
-        )
-
-        return EngineConfig(
-            model_id=self.model_id,
-            providers=self.providers,
-            precision=self.precision,
-            backend=self.backend,
-            intra_op_threads=self.intra_op_threads,
-        )
+        return engine_config_of(self)
 
 
 @dataclass(frozen=True)
@@ -361,19 +363,9 @@ class ServerConfig(Settings):
             return text
         return self.token
 
-    def engine_config(self) -> Any:
+    def engine_config(self) -> EngineConfig:
         """The :class:`dqe.service.engine.EngineConfig` these settings describe."""
-        from dqe.service.engine import (  # lazy: onnxruntime + NIfTI stack load when a model is run, not when a command is parsed
-            EngineConfig,  # lazy: the engine (onnxruntime, nibabel) only when a command builds one
-        )
-
-        return EngineConfig(
-            model_id=self.model_id,
-            providers=self.providers,
-            precision=self.precision,
-            backend=self.backend,
-            intra_op_threads=self.intra_op_threads,
-        )
+        return engine_config_of(self)
 
 
 def _coerce(name: str, default: Any, value: Any, source: str) -> Any:

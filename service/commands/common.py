@@ -120,7 +120,7 @@ def engine_settings(args: argparse.Namespace) -> EngineSettings:
 
 def engine_config(args: argparse.Namespace) -> EngineConfig:
     """The :class:`EngineConfig` of :func:`engine_settings`."""
-    return engine_settings(args).engine_config()  # type: ignore[no-any-return]
+    return engine_settings(args).engine_config()
 
 
 def add_parity_case_arg(parser: argparse.ArgumentParser) -> None:
