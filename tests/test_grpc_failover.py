@@ -400,7 +400,11 @@ def test_items_a_replica_refuses_as_unavailable_are_sent_again_and_never_lost(
         warm = len(refusing.calls)
         refusing.fail_with = ModelNotReady("model is being unloaded")  # every item: UNAVAILABLE item error
         with DQEClient(static_list(a.port, b.port), deadline_s=60, backoff_s=0.05) as client:
-            for _ in range(2):  # round_robin alternates, so one of the two streams starts on the refusing one
+            # round_robin alternates once both subchannels are READY; until then streams may all start on the
+            # healthy one, so send streams until one has reached the refusing replica (at most 8)
+            for _ in range(8):
+                if len(refusing.calls) > warm:
+                    break
                 requests = [client.bytes_request(cases[k][0], case_id=f"r-{k}") for k in range(N_CASES)]
                 got = dict(client.score_batch(requests))
                 assert sorted(got) == list(range(N_CASES))
