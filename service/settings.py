@@ -198,6 +198,12 @@ class ServerConfig(Settings):
         decode_workers: threads decoding NIfTI and building views (bounds CPU and memory of decoding).
         max_pending_decodes: ``ScoreCase`` calls (and stream items) waiting for or in decoding; more get
             RESOURCE_EXHAUSTED at once.
+        max_receiving: ``ScoreCase`` calls whose request body is received and held at once (waiting for or in
+            decoding). Other admitted calls wait as headers only: the server does not read their message, so
+            HTTP/2 flow control keeps their bodies at the client (64 KiB each at most) and a burst's bodies do
+            not pile up in the server, nor delay the refusals sent on the same connection.
+        receive_lease_s: a call whose request has not fully arrived this many seconds after it got a receiving
+            slot (a stalled or trickling sender) gives the slot to the next call and waits on without it.
         max_pending_mb: MiB of ``ScoreCase`` requests (their message bytes) waiting for or in decoding; a
             request that does not fit gets RESOURCE_EXHAUSTED at once (default 768: about 70 compressed BraTS
             cases of 11 MB).
@@ -243,6 +249,8 @@ class ServerConfig(Settings):
     max_concurrent_rpcs: int = 512
     decode_workers: int = 2
     max_pending_decodes: int = 64
+    max_receiving: int = 4
+    receive_lease_s: float = 30.0
     max_pending_mb: int = 768
     decode_budget_mb: int = 1024
     max_volume_voxels: int = 32 * MIB
@@ -283,6 +291,7 @@ class ServerConfig(Settings):
             "max_batch_size",
             "control_threads",
             "max_pending_decodes",
+            "max_receiving",
             "decode_budget_mb",
             "max_pending_mb",
             "max_volume_voxels",
@@ -300,6 +309,10 @@ class ServerConfig(Settings):
             raise InvalidInput(
                 f"max_view_side is {self.max_view_side}; expected >= 240 (the network's input size)",
                 field="max_view_side",
+            )
+        if not self.receive_lease_s > 0:
+            raise InvalidInput(
+                f"receive_lease_s is {self.receive_lease_s}; expected > 0", field="receive_lease_s"
             )
         if not self.stream_idle_s > 0:
             raise InvalidInput(f"stream_idle_s is {self.stream_idle_s}; expected > 0", field="stream_idle_s")

@@ -382,6 +382,8 @@ def test_well_behaved_clients_all_ok_and_a_burst_is_refused_fast(served: Served,
         heavy = score_request(
             {"t1c": img, "t1": img, "t2": img, "flair": img, "segmentation": nifti_bytes(seg)}
         )
+        before = served.rss_mb()
+        served.reset_peak()
         t0 = time.perf_counter()
         calls = [
             (stub.ScoreCase.future(heavy, timeout=120, metadata=AUTH), time.perf_counter())
@@ -401,16 +403,87 @@ def test_well_behaved_clients_all_ok_and_a_burst_is_refused_fast(served: Served,
         for fut, sent in calls:
             fut.add_done_callback(lambda f, s=sent: record(f, s))
         assert done.wait(180)
+    growth = served.peak_mb() - before
     refused = [t for c, t in outcomes if c == "RESOURCE_EXHAUSTED"]
     ok = [t for c, t in outcomes if c == "OK"]
-    print(f"burst of 320: {len(ok)} OK, {len(refused)} RESOURCE_EXHAUSTED (max {max(refused or [0]):.2f} s), "
-          f"total {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    print(f"burst of 320: {len(ok)} OK, {len(refused)} RESOURCE_EXHAUSTED (median {np.median(refused):.2f} s, "
+          f"max {max(refused or [0]):.2f} s), total {time.perf_counter() - t0:.1f} s, peak +{growth:.0f} MB")  # fmt: skip
     assert len(ok) + len(refused) == 320, {c for c, _ in outcomes}
-    # Refused before the request is read. Measured from this (client) process, which shares the 2 cores with
-    # the server, the 320 senders and other engineers' jobs: the median must be under 1 s; the slowest refusal
-    # is allowed 2.5 s here (0.5-1.8 s seen at load average ~13; see the README's "Limits and abuse").
-    assert refused and float(np.median(refused)) < 1.0 and max(refused) < 2.5, sorted(refused)[-5:]
+    # Refused on arrival, without reading the request, and the admitted calls' bodies are received only a few at
+    # a time (max_receiving), so they do not hold up the refusals sent on the same connection. Measured from this
+    # (client) process, which shares the 2 cores with the server and the 320 senders.
+    assert refused and max(refused) < 1.0, sorted(refused)[-5:]
     assert len(ok) >= 48
+    # Bodies are 4 x 17.9 MB + 8.9 MB uncompressed (0.2 MB as sent): a few cases being received and decoded at
+    # once, not the burst's 320.
+    assert growth < 600, growth
+
+
+def test_admission_slots_come_back_from_stalled_dropped_and_cancelled_calls(tmp_path: Path) -> None:
+    """Slots taken when a call arrives are released however the call ends: a sender that stalls loses its
+    receiving slot after the lease, a cancelled call releases its decode slot, and a call gRPC itself drops
+    after the interceptor admitted it (its own concurrency limit) releases its slot through the finaliser."""
+    home = tmp_path / "home"
+    publish_tiny_model(home)
+    good = read_bytes(write_phantom(tmp_path / "good", seed=3))
+    log = tmp_path / "server.log"
+    proc, port = start_server(
+        home, tmp_path, log, "--max-pending-decodes", "2", "--max-receiving", "1", "--receive-lease-s", "1",
+        "--max-concurrent-rpcs", "4",
+    )  # fmt: skip
+    opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=opts)
+    stub = pb_grpc.QualityEstimationStub(channel)
+    release = threading.Event()
+
+    def never() -> Iterator[bytes]:
+        release.wait(60)
+        return
+        yield  # pragma: no cover
+
+    try:
+        # A sender that never sends its request: admitted (decode slot 1 of 2) and given the receiving slot.
+        t0 = time.perf_counter()
+        stalled = channel.stream_unary("/dqe.v1.QualityEstimation/ScoreCase").future(
+            never(), timeout=60, metadata=AUTH
+        )
+        time.sleep(0.5)
+        second = stub.ScoreCase.future(score_request(good), timeout=30, metadata=AUTH)
+        time.sleep(0.2)
+        # Both decode slots are held now: a third call is refused at once, without its request being read.
+        code, details = code_of(lambda: stub.ScoreCase(score_request(good), timeout=30, metadata=AUTH))
+        assert code == "RESOURCE_EXHAUSTED" and "max_pending_decodes" in details, (code, details)
+        # The second waits for the receiving slot until the stalled sender's 1 s lease runs out.
+        assert np.isfinite(second.result().mean_stars)
+        assert 1.0 < time.perf_counter() - t0 < 10
+        assert stalled.cancel() and stalled.cancelled()
+        time.sleep(0.5)
+
+        # gRPC's own limit (4 calls) refuses a ScoreCase after the interceptor admitted it.
+        def silent() -> Iterator[pb.ScoreBatchRequest]:
+            release.wait(60)
+            return
+            yield  # pragma: no cover
+
+        streams = [stub.ScoreBatch(silent(), metadata=AUTH, timeout=60) for _ in range(4)]
+        time.sleep(0.5)
+        code, details = code_of(lambda: stub.ScoreCase(score_request(good), timeout=30, metadata=AUTH))
+        assert code == "RESOURCE_EXHAUSTED" and "max_pending_decodes" not in details, (code, details)
+        release.set()
+        for stream in streams:
+            code_of(lambda s=stream: list(s))  # type: ignore[misc]
+        time.sleep(0.5)
+        # Every slot came back: two calls at once both get a decode slot.
+        with ThreadPoolExecutor(2) as pool:
+            codes = list(pool.map(lambda _: code_of(lambda: stub.ScoreCase(
+                score_request(good), timeout=30, metadata=AUTH))[0], range(2)))  # fmt: skip
+        assert codes == ["OK", "OK"], codes
+        assert "did not finish within its lease" in log.read_text()
+    finally:
+        release.set()
+        channel.close()
+        proc.terminate()
+        proc.wait(30)
 
 
 def test_path_race_never_reads_outside_the_root(served: Served) -> None:

@@ -106,6 +106,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(env DQE_MAX_PENDING_DECODES, default 64)",
     )
     lim.add_argument(
+        "--max-receiving",
+        type=int,
+        help="ScoreCase calls whose request body is received and held at once; other admitted calls wait "
+        "unread, their bodies held back by HTTP/2 flow control (env DQE_MAX_RECEIVING, default 4)",
+    )
+    lim.add_argument(
+        "--receive-lease-s",
+        type=float,
+        help="a ScoreCase whose request has not arrived this long after its receiving slot was granted gives "
+        "the slot to the next call (env DQE_RECEIVE_LEASE_S, default 30)",
+    )
+    lim.add_argument(
         "--max-pending-mb",
         type=int,
         help="MiB of ScoreCase requests waiting for or in decoding before RESOURCE_EXHAUSTED "

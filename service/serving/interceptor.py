@@ -12,8 +12,12 @@ Every call goes through :class:`ServiceInterceptor`:
   HTTP/2 flow control lets the client send before the UNAUTHENTICATED status resets the stream: at most the
   stream's window, a few MiB);
 * health ``Check`` and ``GetModelInfo`` run on their own small thread pool, so they are answered whatever the
-  scoring load; scoring calls may hold at most ``max_scoring_calls`` handler threads and are refused with
-  RESOURCE_EXHAUSTED at once beyond that;
+  scoring load;
+* a scoring call is admitted when it arrives, before its request is read: it takes a handler-thread slot (at
+  most ``max_scoring_calls``) and its queue's slot (:meth:`Runtime.admit`: pending ScoreCase decodes, open
+  ScoreBatch streams) and holds them until it ends. When either is full the call is refused with
+  RESOURCE_EXHAUSTED at once, without reading its request, on a small refusal pool of its own, so a burst
+  beyond capacity costs neither memory for its request bodies nor handler threads;
 * a :class:`dqe.models.errors.DQEError` becomes its ``code`` with a message naming the field and the value
   (trailing metadata ``dqe-error-field`` / ``dqe-error-kind``); anything else becomes INTERNAL with the
   traceback logged and only the request id sent.
@@ -28,14 +32,15 @@ import logging
 import re
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
-from dqe.models.errors import DQEError, Overloaded, Unauthenticated
-from dqe.service.serving.runtime import Slots, drop_traceback
+from dqe.models.errors import DQEError, InvalidInput, Overloaded, Unauthenticated
+from dqe.service.serving.runtime import ADMITTED, Slots, Ticket, drop_traceback
 from dqe.service.serving.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
@@ -90,12 +95,16 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         metrics: Metrics | None = None,
         control_pool: ThreadPoolExecutor | None = None,
         max_scoring_calls: int = 0,
-        admission: Callable[[str], DQEError | None] | None = None,
+        admission: Callable[[str], Ticket | None] | None = None,
+        refusal_pool: ThreadPoolExecutor | None = None,
+        turn: Callable[[str, grpc.ServicerContext], Ticket | None] | None = None,
     ) -> None:
         self._token = token.encode() if token else b""
         self._metrics = metrics
         self._control_pool = control_pool
+        self._refusal_pool = refusal_pool
         self._admission = admission
+        self._turn = turn
         self.scoring = (
             Slots(max_scoring_calls, "scoring calls in progress", "handler_threads")
             if max_scoring_calls
@@ -123,42 +132,56 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             )
         auth_error = self._auth_error(method, metadata)
         if auth_error is not None:
-            return self._refusal(handler, method, rid, auth_error, read=False)
-        full = self._full(method)
-        if full is not None:
-            # Read (not parse) the request first: refusing while a large message is still arriving can let the
-            # stream reset overtake the status, and the caller would see CANCELLED instead of
-            # RESOURCE_EXHAUSTED. The bytes are dropped at once.
-            return self._refusal(handler, method, rid, full, read=not handler.request_streaming)
+            return self._refusal(handler, method, rid, auth_error)
         pool = self._control_pool if method in CONTROL_METHODS else None
-        slots = self.scoring if method.startswith(SCORING_PREFIX) else None
-        return _wrap(
-            handler,
-            lambda behavior, streaming: self._guard(behavior, streaming, method, rid, None, slots),
-            pool,
-        )
-
-    def _full(self, method: str) -> DQEError | None:
-        """RESOURCE_EXHAUSTED for a scoring call that would find its queue full, decided before its request is
-        read (the queues' own checks stay authoritative; this only refuses early and cheaply)."""
         if not method.startswith(SCORING_PREFIX):
-            return None
-        if self.scoring is not None and self.scoring.held >= self.scoring.limit:
-            return Overloaded(
-                f"{self.scoring.what}: all {self.scoring.limit} are in use; retry with backoff",
-                field=self.scoring.setting,
+            return _wrap(
+                handler, lambda behavior, streaming: self._guard(behavior, streaming, method, rid), pool
             )
-        return self._admission(method) if self._admission is not None else None
+        try:
+            tickets = self._admit(method)
+        except Overloaded as exc:
+            return self._refusal(handler, method, rid, exc)
+        if self._turn is not None and handler.unary_unary is not None:
+            handler = _received_in_turn(handler, lambda context: self._turn(method, context))  # type: ignore[misc]
+        wrapped = _wrap(
+            handler, lambda behavior, streaming: self._guard(behavior, streaming, method, rid, tickets)
+        )
+        # gRPC may still drop the call without running its behaviour (its own maximum_concurrent_rpcs, a
+        # caller gone before its request arrived): the slots are then released when gRPC lets go of the handler.
+        behaviour = next(b for b in (wrapped.unary_unary, wrapped.unary_stream, wrapped.stream_unary,
+                                     wrapped.stream_stream) if b is not None)  # fmt: skip
+        weakref.finalize(behaviour, _release, tickets)
+        return wrapped
+
+    def _admit(self, method: str) -> tuple[Ticket, ...]:
+        """The slots a scoring call holds from its arrival (before its request is read) until it ends: a
+        handler thread and its queue's slot (:meth:`Runtime.admit`).
+
+        Raises:
+            Overloaded: either is full; the call is refused at once, without reading its request.
+        """
+        tickets: list[Ticket] = []
+        try:
+            if self.scoring is not None:
+                tickets.append(self.scoring.take())
+            queued = self._admission(method) if self._admission is not None else None
+            if queued is not None:
+                tickets.append(queued)
+        except Overloaded:
+            _release(tickets)
+            raise
+        return tuple(tickets)
 
     def _refusal(
-        self, handler: grpc.RpcMethodHandler, method: str, rid: str, error: DQEError, read: bool
+        self, handler: grpc.RpcMethodHandler, method: str, rid: str, error: DQEError
     ) -> grpc.RpcMethodHandler:
-        """A handler that ends the call with ``error`` without parsing its request.
+        """A handler that ends the call with ``error`` without reading its request, on the refusal pool.
 
-        With ``read=False`` it takes the request as a stream (whatever the method's real shape; the wire format
-        is the same) and never iterates it, so gRPC never receives the message into Python nor calls a
-        deserialiser. With ``read=True`` (unary requests) gRPC receives the bytes and a no-op deserialiser
-        drops them.
+        It takes the request as a stream (whatever the method's real shape; the wire format is the same) and
+        never iterates it, so gRPC never receives the message into Python nor calls a deserialiser; what gRPC
+        core buffers is what HTTP/2 flow control let the client send before the status closed the stream. It
+        runs on its own small pool, so a burst of refusals neither waits behind nor holds the handler threads.
         """
 
         def refuse(request_iterator: Any, context: grpc.ServicerContext) -> Any:
@@ -174,13 +197,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             yield from ()
 
         kwargs = {"request_deserializer": _skip, "response_serializer": handler.response_serializer}
-        if read and handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(refuse_stream, **kwargs)
-        if read:
-            return grpc.unary_unary_rpc_method_handler(refuse, **kwargs)
         if handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(refuse_stream, **kwargs)
-        return grpc.stream_unary_rpc_method_handler(refuse, **kwargs)
+            return grpc.stream_stream_rpc_method_handler(
+                _on_pool(refuse_stream, self._refusal_pool), **kwargs
+            )
+        return grpc.stream_unary_rpc_method_handler(_on_pool(refuse, self._refusal_pool), **kwargs)
 
     def _auth_error(self, method: str, metadata: dict[str, Any]) -> Unauthenticated | None:
         if not self._token or method.startswith(AUTH_EXEMPT_PREFIXES):
@@ -202,47 +223,37 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         streaming: bool,
         method: str,
         rid: str,
-        auth_error: DQEError | None,
-        slots: Slots | None = None,
+        tickets: tuple[Ticket, ...] = (),
     ) -> Callable[..., Any]:
         if streaming:
 
             def stream_behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 token = self._enter(context, rid)
+                admitted = ADMITTED.set(tickets)
                 start = time.perf_counter()
-                held = False
                 try:
-                    if auth_error is not None:
-                        raise auth_error
-                    if slots is not None:
-                        slots.acquire()
-                        held = True
                     yield from behavior(request, context)
                 except BaseException as exc:
                     self._handle(exc, context, method, rid)
                 finally:
-                    if held and slots is not None:
-                        slots.release()
+                    _release((*tickets, *ADMITTED.get()))
+                    with contextlib.suppress(ValueError):  # a generator closed from another thread's context
+                        ADMITTED.reset(admitted)
                     self._exit(context, method, rid, start, token)
 
             return stream_behavior
 
         def unary_behavior(request: Any, context: grpc.ServicerContext) -> Any:
             token = self._enter(context, rid)
+            admitted = ADMITTED.set(tickets)
             start = time.perf_counter()
-            held = False
             try:
-                if auth_error is not None:
-                    raise auth_error
-                if slots is not None:
-                    slots.acquire()
-                    held = True
                 return behavior(request, context)
             except BaseException as exc:
                 self._handle(exc, context, method, rid)
             finally:
-                if held and slots is not None:
-                    slots.release()
+                _release((*tickets, *ADMITTED.get()))
+                ADMITTED.reset(admitted)
                 self._exit(context, method, rid, start, token)
 
         return unary_behavior
@@ -327,6 +338,37 @@ def _peer(context: grpc.ServicerContext) -> str:
         return str(context.peer())
     except Exception:
         return ""
+
+
+def _received_in_turn(
+    handler: grpc.RpcMethodHandler, turn: Callable[[grpc.ServicerContext], Ticket | None]
+) -> grpc.RpcMethodHandler:
+    """``handler`` (unary request, unary response) taking its request as a stream, read only once ``turn``
+    returns: until then gRPC does not receive the message, and HTTP/2 flow control holds the body at the client
+    (the wire format is the same for any client)."""
+    unary = handler.unary_unary
+
+    def behaviour(request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        ticket = turn(context)
+        request = next(request_iterator, None)
+        if ticket is not None:
+            ticket.keep()
+        if request is None:
+            if _already_aborted(context) or not context.is_active():
+                return None  # gRPC already ended the call (a request it could not parse, a cancellation)
+            raise InvalidInput("the call ended without a request message", field="request")
+        return unary(request, context)
+
+    return grpc.stream_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def _release(tickets: tuple[Ticket, ...] | list[Ticket]) -> None:
+    for ticket in tickets:
+        ticket.release()
 
 
 def _skip(data: bytes) -> bytes:

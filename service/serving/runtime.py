@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -27,7 +28,11 @@ T = TypeVar("T")
 
 
 class Slots:
-    """A counter of things in flight with a hard maximum that refuses at once (never waits).
+    """A counter of things in flight with a hard maximum.
+
+    :meth:`take` refuses at once when all slots are held; :meth:`take_waiting` waits for one, first come first
+    served, and may lease it: a leased slot not yet :meth:`Ticket.keep`-ed within the lease is taken back for the
+    next waiter (a caller that stalls cannot hold it forever).
 
     Args:
         limit: most holders at once.
@@ -40,10 +45,12 @@ class Slots:
         self.what = what
         self.setting = setting
         self.held = 0
-        self._lock = threading.Lock()
+        self.revoked = 0
+        self._lock = threading.Condition(threading.Lock())
+        self._leased: dict[Ticket, float] = {}
 
-    def acquire(self) -> None:
-        """Take one slot.
+    def take(self) -> Ticket:
+        """Take one slot, held until the returned ticket is released.
 
         Raises:
             Overloaded: all ``limit`` slots are held.
@@ -55,19 +62,85 @@ class Slots:
                     field=self.setting,
                 )
             self.held += 1
+        return Ticket(self)
+
+    def take_waiting(self, call: CallInfo, stage: str, lease_s: float = 0.0) -> Ticket:
+        """Take one slot, waiting while all are held; with ``lease_s`` the slot is taken back from this holder
+        when it has not called :meth:`Ticket.keep` within ``lease_s`` seconds and another caller waits.
+
+        Raises:
+            DeadlineExpired, CallCancelled: the call's deadline passed or its caller left while it waited.
+        """
+        with self._lock:
+            while self.held >= self.limit and not self._revoke_expired():
+                call.check(stage)
+                left = call.remaining()
+                self._lock.wait(0.25 if left is None else min(0.25, max(left, 0.001)))
+            self.held += 1
+            ticket = Ticket(self)
+            if lease_s > 0:
+                self._leased[ticket] = time.monotonic() + lease_s
+        return ticket
+
+    def _revoke_expired(self) -> bool:
+        """Take back one slot whose lease ran out (lock held); whether one was."""
+        now = time.monotonic()
+        for ticket, until in self._leased.items():
+            if until <= now:
+                logger.warning(
+                    "%s: a holder did not finish within its lease; its slot goes to the next caller",
+                    self.what,
+                )
+                self.revoked += 1
+                ticket._release_locked()
+                return True
+        return False
+
+    def held_ticket(self) -> Ticket | None:
+        """The slot the interceptor took for this call (see :data:`ADMITTED`), if it took one."""
+        return next((t for t in ADMITTED.get() if t.slots is self), None)
+
+    def claim(self) -> Ticket:
+        """The slot the interceptor took for this call when it arrived (see :data:`ADMITTED`), else a new one
+        (in-process use without the interceptor).
+
+        Raises:
+            Overloaded: no ticket was taken on arrival and all ``limit`` slots are held.
+        """
+        return self.held_ticket() or self.take()
+
+
+class Ticket:
+    """One held slot of a :class:`Slots`. :meth:`release` is idempotent: the servicer releases a slot as soon
+    as the stage it guards is over (a ScoreCase's decoding), the interceptor when the call ends, and a
+    finaliser if the call's behaviour never ran (gRPC dropped the call after the interceptor admitted it)."""
+
+    __slots__ = ("slots", "_held")
+
+    def __init__(self, slots: Slots) -> None:
+        self.slots = slots
+        self._held = True
+
+    def keep(self) -> None:
+        """End the lease: the holder got what it waited for and keeps the slot until it releases it."""
+        with self.slots._lock:
+            self.slots._leased.pop(self, None)
 
     def release(self) -> None:
-        with self._lock:
-            self.held -= 1
+        with self.slots._lock:
+            self._release_locked()
 
-    def full(self) -> Overloaded | None:
-        """The error :meth:`acquire` would raise now, or ``None`` (a cheap early check, not a reservation)."""
-        if self.held < self.limit:
-            return None
-        return Overloaded(
-            f"{self.what}: all {self.limit} are in use; retry with backoff (server setting {self.setting})",
-            field=self.setting,
-        )
+    def _release_locked(self) -> None:
+        self.slots._leased.pop(self, None)
+        if self._held:
+            self._held = False
+            self.slots.held -= 1
+            self.slots._lock.notify()
+
+
+# The slots the interceptor took for the call this thread is serving (on arrival, and before reading its
+# request); the servicer claims its own from here instead of taking a second one.
+ADMITTED: contextvars.ContextVar[tuple[Ticket, ...]] = contextvars.ContextVar("dqe_admitted", default=())
 
 
 class DecodeBudget:
@@ -147,6 +220,7 @@ class Runtime:
         default_factory=lambda: DecodeBudget(768 << 20, "ScoreCase requests pending", "max_pending_mb")
     )
     decodes: Slots = field(default_factory=lambda: Slots(64, "decoding", "max_pending_decodes"))
+    receiving: Slots = field(default_factory=lambda: Slots(4, "requests received", "max_receiving"))
     streams: Slots = field(default_factory=lambda: Slots(64, "ScoreBatch streams", "max_streams"))
     decode_s: float = 0.0  # moving average of one case's decode + preprocessing time (seconds)
 
@@ -159,14 +233,51 @@ class Runtime:
         ahead = max(self.decodes.held - self.config.decode_workers, 0)
         return ahead * self.decode_s / self.config.decode_workers
 
-    def admission(self, method: str) -> Overloaded | None:
-        """RESOURCE_EXHAUSTED for a call to ``method`` whose queue is full now (checked before its request is
-        read; see :class:`dqe.service.serving.interceptor.ServiceInterceptor`)."""
+    def admit(self, method: str) -> Ticket | None:
+        """Take the queue slot a call to ``method`` needs, when the call arrives (before its request is read;
+        see :class:`dqe.service.serving.interceptor.ServiceInterceptor`): a decode slot for ``ScoreCase``, a
+        stream slot for ``ScoreBatch``, nothing for other methods.
+
+        Raises:
+            Overloaded: that queue is full (the caller gets RESOURCE_EXHAUSTED without sending its request).
+        """
         if method.endswith("/ScoreCase"):
-            return self.decodes.full()
+            return self.decodes.take()
         if method.endswith("/ScoreBatch"):
-            return self.streams.full()
+            return self.streams.take()
         return None
+
+    def turn(self, method: str, context: grpc.ServicerContext) -> Ticket | None:
+        """Wait until an admitted call to ``method`` may receive its request (called before the interceptor
+        reads it): a ``ScoreCase`` waits for one of ``max_receiving`` slots, held until its decoding is over,
+        so the bodies of the calls queued behind stay at the client (HTTP/2 flow control) instead of piling up
+        in the server. The slot is leased for ``receive_lease_s``: a caller whose request has not arrived by
+        then (a stalled or trickling sender) loses it to the next call and goes on waiting without it. Other
+        methods do not wait.
+
+        Returns:
+            The receiving slot (the interceptor calls :meth:`Ticket.keep` once the request arrived), or ``None``.
+
+        Raises:
+            Overloaded: the decoding queued ahead of the call (from the moving average of decode times) would
+                outlast its deadline; refused now instead of at the deadline.
+            DeadlineExpired, CallCancelled: the deadline passed or the caller left while it waited.
+        """
+        if not method.endswith("/ScoreCase"):
+            return None
+        call = CallInfo(context, self.config.max_call_s)
+        wait, left = self.expected_decode_wait(), call.remaining()
+        if left is not None and wait > left:
+            raise Overloaded(
+                f"about {wait:.1f} s of decoding is queued ahead of this call, more than its {left:.1f} s "
+                "deadline; retry with backoff",
+                field="deadline",
+            )
+        ticket = self.receiving.take_waiting(
+            call, "its request was received (the server is busy decoding)", self.config.receive_lease_s
+        )
+        ADMITTED.set((*ADMITTED.get(), ticket))
+        return ticket
 
     def ready(self) -> tuple[Engine, DynamicBatcher]:
         """The engine and batcher.

@@ -54,6 +54,9 @@ class DQEServer:
         self.control_pool = ThreadPoolExecutor(
             max_workers=config.control_threads, thread_name_prefix="dqe-control"
         )
+        # Refusals (overloaded, unauthenticated) run here: they never read the request and take milliseconds,
+        # so a burst of them neither waits behind nor holds the handler threads admitted calls use.
+        self.refusal_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dqe-refuse")
         self.health = health.HealthServicer(
             experimental_non_blocking=True, experimental_thread_pool=ThreadPoolExecutor(max_workers=2)
         )
@@ -70,6 +73,7 @@ class DQEServer:
                 config.max_pending_mb * 1024 * 1024, "ScoreCase requests pending", "max_pending_mb"
             ),
             decodes=Slots(config.max_pending_decodes, "ScoreCase decodes pending", "max_pending_decodes"),
+            receiving=Slots(config.max_receiving, "ScoreCase requests received", "max_receiving"),
             streams=Slots(config.max_streams, "ScoreBatch streams", "max_streams"),
         )
         self._engine = engine
@@ -87,13 +91,16 @@ class DQEServer:
                     metrics=self.metrics,
                     control_pool=self.control_pool,
                     max_scoring_calls=config.max_scoring_calls,
-                    admission=self.runtime.admission,
+                    admission=self.runtime.admit,
+                    refusal_pool=self.refusal_pool,
+                    turn=self.runtime.turn,
                 )
             ],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                ("grpc.http2.bdp_probe", 0),
             ],
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
@@ -218,6 +225,7 @@ class DQEServer:
             self.runtime.batcher.close(timeout=max(grace, 1.0))
         self.runtime.decode_pool.shutdown(wait=False, cancel_futures=True)
         self.control_pool.shutdown(wait=False, cancel_futures=True)
+        self.refusal_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.shutdown()
         logger.info("stopped after %.2f s", time.perf_counter() - t0, extra={"event": "stopped"})
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dqe.models.case import FIELDS, Case
-from dqe.models.errors import CallCancelled, InvalidInput, Overloaded
+from dqe.models.errors import CallCancelled, InvalidInput
 from dqe.models.nifti import DecodeLimits, Volume, decode_nifti, load_nifti_fd
 from dqe.models.qc.gate import evaluate_case
 from dqe.service._proto import quality_estimation_pb2 as pb
@@ -78,13 +78,13 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         self, request_iterator: Iterator[pb.ScoreBatchRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ScoreBatchResponse]:
         self.rt.ready()
-        self.rt.streams.acquire()
+        ticket = self.rt.streams.claim()
         try:
             yield from BatchStream(
                 self, request_iterator, CallInfo(context, self.rt.config.max_call_s)
             ).responses()
         finally:
-            self.rt.streams.release()
+            ticket.release()
 
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         engine, batcher = self.rt.ready()
@@ -115,32 +115,32 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
             raise InvalidInput("request has neither files nor paths; set one", field="source")
         # Bounded decode queue: refused at once when full, or when the wait it predicts exceeds the call's
         # deadline, instead of letting the caller wait for that deadline.
+        # Slots the interceptor took: a decode slot when the call arrived, a receiving slot before it read the
+        # request (Runtime.turn, which also refused it if the decoding queued ahead outlasts its deadline).
+        # Both are released as soon as the decoding is over.
+        tickets = [self.rt.decodes.claim(), self.rt.receiving.held_ticket()]
         size = request.ByteSize()
-        self.rt.decodes.acquire()
+
+        def release() -> None:
+            for ticket in tickets:
+                if ticket is not None:
+                    ticket.release()
+
         try:
             self.rt.pending.reserve(size)
         except BaseException:
-            self.rt.decodes.release()
+            release()
             raise
-        wait, left = self.rt.expected_decode_wait(), call.remaining()
-        if left is not None and wait > left:
-            self.rt.decodes.release()
-            self.rt.pending.release(size)
-            raise Overloaded(
-                f"about {wait:.1f} s of decoding is queued ahead of this call, more than its {left:.1f} s "
-                "deadline; retry with backoff",
-                field="deadline",
-            )
         ctx = contextvars.copy_context()
         try:
             future = self.rt.decode_pool.submit(ctx.run, self._prepare_case, request, call)
         except BaseException:
-            self.rt.decodes.release()
+            release()
             self.rt.pending.release(size)
             raise
 
         def done(_f: Future[_Prepared]) -> None:
-            self.rt.decodes.release()
+            release()
             self.rt.pending.release(size)
 
         future.add_done_callback(done)
