@@ -11,7 +11,7 @@ PKG_FILES := $(shell find models service training -type f \( -name '*.py' -o -na
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)-$(shell echo $(PKG_FILES) | sha256sum | cut -c1-12)
 PROTO_SRC := $(wildcard proto/dqe/v1/*.proto)
 
-.PHONY: imports venv model demo test lint typecheck proto proto-check bench gate-eval train-smoke clean
+.PHONY: imports venv model demo test lint typecheck proto proto-check bench bench-abuse gate-eval train-smoke clean
 
 venv: $(STAMP)
 
@@ -68,6 +68,11 @@ bench: model
 	$(BIN)/python -m benchmarks.run $(BENCH_ARGS) --json benchmarks/out/bench.json
 	@case " $(BENCH_ARGS) " in *" --quick "*) echo "quick run: README.md and benchmarks/RESULTS.md left unchanged";; \
 		*) $(BIN)/python -m benchmarks.report benchmarks/out/bench.json;; esac
+
+# The abuse attacks of issue 11 against a real `dqe serve`; regenerates the abuse tables of README.md and
+# benchmarks/RESULTS.md from that one run.
+bench-abuse: model
+	$(BIN)/python benchmarks/bench_abuse.py --json benchmarks/out/abuse.json --publish
 
 gate-eval: model
 	$(BIN)/python benchmarks/build_gate_eval_list.py --out benchmarks/out/gate_eval

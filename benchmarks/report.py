@@ -564,19 +564,19 @@ def render_results(data: Mapping[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- writing
-def replace_block(text: str, block: str) -> str:
+def replace_block(text: str, block: str, start: str = START, end: str = END) -> str:
     """``text`` with everything between the markers replaced by ``block`` (markers kept).
 
     Raises:
         ReportError: the markers are missing, repeated or in the wrong order.
     """
-    if text.count(START) != 1 or text.count(END) != 1:
-        raise ReportError(f"expected exactly one {START} and one {END}")
-    head, rest = text.split(START)
-    if END not in rest:
-        raise ReportError(f"{END} comes before {START}")
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{block.strip()}\n{END}{tail}"
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ReportError(f"expected exactly one {start} and one {end}")
+    head, rest = text.split(start)
+    if end not in rest:
+        raise ReportError(f"{end} comes before {start}")
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block.strip()}\n{end}{tail}"
 
 
 def check_publishable(data: Mapping[str, Any]) -> None:

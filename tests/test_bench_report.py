@@ -296,3 +296,39 @@ def test_repository_files_have_one_generated_block(name: str) -> None:
     """`make bench` can publish into the real files: exactly one marker pair, in order, each."""
     text = (REPO / name).read_text()
     assert report.replace_block(text, "X").count("\nX\n") == 1
+
+
+def test_abuse_table_is_rendered_from_one_run_and_published_between_its_markers(tmp_path: Path) -> None:
+    from benchmarks.bench_abuse import ABUSE_END, ABUSE_START, render
+    from benchmarks.report import replace_block
+
+    data = {
+        "machine": "Test CPU, 2 cores",
+        "git": "abc1234",
+        "load_average": [0.5, 0.4, 0.3],
+        "normal_request": "case, 11.07 MB",
+        "rows": [
+            {"attack": "idle", "rss_mb": 280.4, "health_ms": 1.1, "normal_ms": 600.2},
+            {
+                "attack": "burst",
+                "outcomes": {"OK": 67, "RESOURCE_EXHAUSTED": 253},
+                "rss_before_mb": 271.6,
+                "peak_growth_mb": 1280.8,
+                "settled_growth_mb": 484.0,
+                "health_ms": 370.9,
+                "normal_ms": 30390.9,
+                "refused_median_s": 0.041,
+                "refused_max_s": 0.605,
+            },
+        ],
+    }
+    table = render(data)
+    assert "git abc1234" in table and "Test CPU, 2 cores" in table and "load average 0.5" in table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 3  # header, idle, burst
+    assert "67 OK, 253 RESOURCE_EXHAUSTED (refused after 0.04 s median, 0.60 s max)" in rows[2]
+    assert "+1281 MB" in rows[2] and "+484 MB" in rows[2]
+    doc = f"before\n{ABUSE_START}\nold table\n{ABUSE_END}\nafter\n"
+    out = replace_block(doc, table, ABUSE_START, ABUSE_END)
+    assert "old table" not in out and out.startswith("before\n") and out.endswith("after\n")
+    assert out.count("| burst of 320") == 1
