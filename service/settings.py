@@ -202,6 +202,8 @@ class ServerConfig(Settings):
             decoding). Other admitted calls wait as headers only: the server does not read their message, so
             HTTP/2 flow control keeps their bodies at the client (64 KiB each at most) and a burst's bodies do
             not pile up in the server, nor delay the refusals sent on the same connection.
+        max_receiving_views: ``ScoreViews`` calls whose request is received and held at once (until they end);
+            the others wait unread likewise. 16 calls are 48 views, twice the default inference batch.
         receive_lease_s: a call whose request has not fully arrived this many seconds after it got a receiving
             slot (a stalled or trickling sender) gives the slot to the next call and waits on without it.
         max_pending_mb: MiB of ``ScoreCase`` requests (their message bytes) waiting for or in decoding; a
@@ -250,6 +252,7 @@ class ServerConfig(Settings):
     decode_workers: int = 2
     max_pending_decodes: int = 64
     max_receiving: int = 4
+    max_receiving_views: int = 16
     receive_lease_s: float = 30.0
     max_pending_mb: int = 768
     decode_budget_mb: int = 1024
@@ -292,6 +295,7 @@ class ServerConfig(Settings):
             "control_threads",
             "max_pending_decodes",
             "max_receiving",
+            "max_receiving_views",
             "decode_budget_mb",
             "max_pending_mb",
             "max_volume_voxels",

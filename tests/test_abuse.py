@@ -419,6 +419,25 @@ def test_well_behaved_clients_all_ok_and_a_burst_is_refused_fast(served: Served,
     assert growth < 600, growth
 
 
+def test_a_burst_of_score_views_waits_its_turn_and_succeeds(served: Served) -> None:
+    """96 concurrent ScoreViews of 4.8 MB each: at most ``--max-receiving-views`` (16) are received at once
+    (the gating itself is tested with a stalled sender below); the others wait unread and all succeed."""
+    with served.channel() as ch:
+        stub = pb_grpc.QualityEstimationStub(ch)
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10, metadata=AUTH)
+        shape = (len(info.views), len(info.channels), *info.spatial_size)
+        rng = np.random.default_rng(0)
+        request = DQEClient.views_request(rng.random(shape, dtype=np.float32), "views")
+        size_mb = request.ByteSize() / MB
+        before = served.rss_mb()
+        served.reset_peak()
+        futures = [stub.ScoreViews.future(request, timeout=120, metadata=AUTH) for _ in range(96)]
+        stars = {f.result().mean_stars for f in futures}
+        growth = served.peak_mb() - before
+    print(f"96 ScoreViews of {size_mb:.1f} MB: all OK, server peak +{growth:.0f} MB")
+    assert len(stars) == 1
+
+
 def test_admission_slots_come_back_from_stalled_dropped_and_cancelled_calls(tmp_path: Path) -> None:
     """Slots taken when a call arrives are released however the call ends: a sender that stalls loses its
     receiving slot after the lease, a cancelled call releases its decode slot, and a call gRPC itself drops
@@ -429,7 +448,7 @@ def test_admission_slots_come_back_from_stalled_dropped_and_cancelled_calls(tmp_
     log = tmp_path / "server.log"
     proc, port = start_server(
         home, tmp_path, log, "--max-pending-decodes", "2", "--max-receiving", "1", "--receive-lease-s", "1",
-        "--max-concurrent-rpcs", "4",
+        "--max-concurrent-rpcs", "4", "--max-receiving-views", "1",
     )  # fmt: skip
     opts = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=opts)
@@ -457,6 +476,20 @@ def test_admission_slots_come_back_from_stalled_dropped_and_cancelled_calls(tmp_
         assert np.isfinite(second.result().mean_stars)
         assert 1.0 < time.perf_counter() - t0 < 10
         assert stalled.cancel() and stalled.cancelled()
+        time.sleep(0.5)
+
+        # ScoreViews are received in turn too (--max-receiving-views 1 here).
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10, metadata=AUTH)
+        shape = (len(info.views), len(info.channels), *info.spatial_size)
+        views = DQEClient.views_request(np.zeros(shape, dtype=np.float32), "views")
+        t0 = time.perf_counter()
+        stalled = channel.stream_unary("/dqe.v1.QualityEstimation/ScoreViews").future(
+            never(), timeout=60, metadata=AUTH
+        )
+        time.sleep(0.3)
+        assert np.isfinite(stub.ScoreViews(views, timeout=30, metadata=AUTH).mean_stars)
+        assert 1.0 < time.perf_counter() - t0 < 10  # it waited for the stalled sender's lease
+        assert stalled.cancel()
         time.sleep(0.5)
 
         # gRPC's own limit (4 calls) refuses a ScoreCase after the interceptor admitted it.

@@ -112,6 +112,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "unread, their bodies held back by HTTP/2 flow control (env DQE_MAX_RECEIVING, default 4)",
     )
     lim.add_argument(
+        "--max-receiving-views",
+        type=int,
+        help="ScoreViews calls whose request is received and held at once; the others wait unread "
+        "(env DQE_MAX_RECEIVING_VIEWS, default 16)",
+    )
+    lim.add_argument(
         "--receive-lease-s",
         type=float,
         help="a ScoreCase whose request has not arrived this long after its receiving slot was granted gives "

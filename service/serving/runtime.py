@@ -221,6 +221,9 @@ class Runtime:
     )
     decodes: Slots = field(default_factory=lambda: Slots(64, "decoding", "max_pending_decodes"))
     receiving: Slots = field(default_factory=lambda: Slots(4, "requests received", "max_receiving"))
+    receiving_views: Slots = field(
+        default_factory=lambda: Slots(16, "ScoreViews requests received", "max_receiving_views")
+    )
     streams: Slots = field(default_factory=lambda: Slots(64, "ScoreBatch streams", "max_streams"))
     decode_s: float = 0.0  # moving average of one case's decode + preprocessing time (seconds)
 
@@ -251,9 +254,10 @@ class Runtime:
         """Wait until an admitted call to ``method`` may receive its request (called before the interceptor
         reads it): a ``ScoreCase`` waits for one of ``max_receiving`` slots, held until its decoding is over,
         so the bodies of the calls queued behind stay at the client (HTTP/2 flow control) instead of piling up
-        in the server. The slot is leased for ``receive_lease_s``: a caller whose request has not arrived by
-        then (a stalled or trickling sender) loses it to the next call and goes on waiting without it. Other
-        methods do not wait.
+        in the server. A ``ScoreViews`` waits likewise for one of ``max_receiving_views`` slots, held until
+        it ends. The slot is leased for ``receive_lease_s``: a caller whose request has not arrived by then (a
+        stalled or trickling sender) loses it to the next call and goes on waiting without it. Other methods
+        do not wait.
 
         Returns:
             The receiving slot (the interceptor calls :meth:`Ticket.keep` once the request arrived), or ``None``.
@@ -263,9 +267,11 @@ class Runtime:
                 outlast its deadline; refused now instead of at the deadline.
             DeadlineExpired, CallCancelled: the deadline passed or the caller left while it waited.
         """
+        call = CallInfo(context, self.config.max_call_s)
+        if method.endswith("/ScoreViews"):
+            return self._take_turn(self.receiving_views, call, "its request was received")
         if not method.endswith("/ScoreCase"):
             return None
-        call = CallInfo(context, self.config.max_call_s)
         wait, left = self.expected_decode_wait(), call.remaining()
         if left is not None and wait > left:
             raise Overloaded(
@@ -273,9 +279,10 @@ class Runtime:
                 "deadline; retry with backoff",
                 field="deadline",
             )
-        ticket = self.receiving.take_waiting(
-            call, "its request was received (the server is busy decoding)", self.config.receive_lease_s
-        )
+        return self._take_turn(self.receiving, call, "its request was received (the server is busy decoding)")
+
+    def _take_turn(self, slots: Slots, call: CallInfo, stage: str) -> Ticket:
+        ticket = slots.take_waiting(call, stage, self.config.receive_lease_s)
         ADMITTED.set((*ADMITTED.get(), ticket))
         return ticket
 

@@ -74,6 +74,9 @@ class DQEServer:
             ),
             decodes=Slots(config.max_pending_decodes, "ScoreCase decodes pending", "max_pending_decodes"),
             receiving=Slots(config.max_receiving, "ScoreCase requests received", "max_receiving"),
+            receiving_views=Slots(
+                config.max_receiving_views, "ScoreViews requests received", "max_receiving_views"
+            ),
             streams=Slots(config.max_streams, "ScoreBatch streams", "max_streams"),
         )
         self._engine = engine
