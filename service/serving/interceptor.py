@@ -39,7 +39,7 @@ from typing import Any
 
 import grpc
 
-from dqe.models.errors import DQEError, InvalidInput, Overloaded, Unauthenticated
+from dqe.models.errors import CallCancelled, DQEError, InvalidInput, Overloaded, Unauthenticated
 from dqe.service.serving.runtime import ADMITTED, Slots, Ticket, drop_traceback
 from dqe.service.serving.telemetry import Metrics
 
@@ -350,7 +350,10 @@ def _received_in_turn(
 
     def behaviour(request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         ticket = turn(context)
-        request = next(request_iterator, None)
+        try:
+            request = next(request_iterator, None)
+        except grpc.RpcError:  # gRPC's request iterator raises this when the caller cancelled meanwhile
+            raise CallCancelled("the caller went away before its request arrived") from None
         if ticket is not None:
             ticket.keep()
         if request is None:
