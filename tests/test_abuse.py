@@ -586,6 +586,18 @@ def test_path_mistakes_are_client_errors_and_logs_stay_short(served: Served) -> 
     assert "x" * 1000 not in served.log.read_text()
 
 
+def test_bytes_that_are_not_the_request_message_are_a_client_error(served: Served) -> None:
+    with served.channel() as ch:
+        for method in ("dqe.v1.QualityEstimation/ScoreCase", "dqe.v1.QualityEstimation/ScoreViews",
+                       "dqe.v1.QualityEstimation/GetModelInfo", "grpc.health.v1.Health/Check"):  # fmt: skip
+            call = ch.unary_unary(f"/{method}")
+            for garbage in (b"\xff\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f"):
+                code, details = code_of(lambda: call(garbage, timeout=10, metadata=AUTH))  # noqa: B023
+                assert code == "INVALID_ARGUMENT", (method, code, details)
+                assert "not a valid protobuf message" in details
+    assert served.health_s() < 1.0
+
+
 def test_request_ids_are_checked(served: Served) -> None:
     stub = served.stub()
     for given, kept in (("abc-123", True), ("x" * 1000, False), ("evil id; drop", False)):

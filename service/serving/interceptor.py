@@ -232,6 +232,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 admitted = ADMITTED.set(tickets)
                 start = time.perf_counter()
                 try:
+                    if isinstance(request, Undecodable):
+                        raise request.error()
                     yield from behavior(request, context)
                 except BaseException as exc:
                     self._handle(exc, context, method, rid)
@@ -248,6 +250,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             admitted = ADMITTED.set(tickets)
             start = time.perf_counter()
             try:
+                if isinstance(request, Undecodable):
+                    raise request.error()
                 return behavior(request, context)
             except BaseException as exc:
                 self._handle(exc, context, method, rid)
@@ -357,16 +361,48 @@ def _received_in_turn(
         if ticket is not None:
             ticket.keep()
         if request is None:
-            if _already_aborted(context) or not context.is_active():
-                return None  # gRPC already ended the call (a request it could not parse, a cancellation)
+            if not context.is_active():
+                raise CallCancelled("the caller went away before its request arrived")
             raise InvalidInput("the call ended without a request message", field="request")
+        if isinstance(request, Undecodable):
+            raise request.error()
         return unary(request, context)
 
     return grpc.stream_unary_rpc_method_handler(
         behaviour,
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_lenient(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
+
+
+class Undecodable:
+    """What :func:`_lenient` returns for bytes that are not the method's request message."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def error(self) -> InvalidInput:
+        return InvalidInput(
+            f"the request is not a valid protobuf message for this method ({self.reason[:200]})",
+            field="request",
+        )
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserializer`` returning an :class:`Undecodable` instead of raising, so the call can be answered with
+    INVALID_ARGUMENT (gRPC answers a deserialiser's exception with INTERNAL and logs a traceback)."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return Undecodable(f"{type(exc).__name__}: {exc}")
+
+    return parse
 
 
 def _release(tickets: tuple[Ticket, ...] | list[Ticket]) -> None:
@@ -392,8 +428,10 @@ def _wrap(
     pool: ThreadPoolExecutor | None = None,
 ) -> grpc.RpcMethodHandler:
     """A copy of ``handler`` whose behaviour runs inside ``guard`` (on ``pool`` when given, unary only)."""
+    deserializer = handler.request_deserializer
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        # A unary request that does not parse becomes INVALID_ARGUMENT in the guard (gRPC would say INTERNAL).
+        "request_deserializer": deserializer if handler.request_streaming else _lenient(deserializer),
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
