@@ -96,8 +96,9 @@ def graph_lines() -> tuple[list[str], int]:
     return lines, upward
 
 
-def lazy_imports() -> list[tuple[str, int, str, str]]:
-    """``(file, line, imported module, reason)`` of every dqe import inside a function."""
+def lazy_imports() -> list[tuple[str, str, str]]:
+    """``(file, imported module, reason)`` of every dqe import inside a function (no line numbers, so the README
+    listing only goes stale when a lazy import is added, removed or re-explained)."""
     found = []
     for folder in FOLDERS:
         for path in sorted((REPO / folder).rglob("*.py")):
@@ -119,14 +120,14 @@ def lazy_imports() -> list[tuple[str, int, str, str]]:
                     for name in names:
                         match = LAZY_REASON.search(lines[inner.lineno - 1])
                         rel = str(path.relative_to(REPO))
-                        found.append((rel, inner.lineno, name, match.group(1).strip() if match else ""))
+                        found.append((rel, name, match.group(1).strip() if match else ""))
     return sorted(set(found))
 
 
 def lazy_lines() -> tuple[list[str], int]:
     rows = lazy_imports()
-    missing = sum(1 for r in rows if not r[3])
-    return [f"{f}:{n}  {m}  -- {why or 'NO REASON GIVEN'}" for f, n, m, why in rows], missing
+    missing = sum(1 for r in rows if not r[2])
+    return [f"{f}  {m}  -- {why or 'NO REASON GIVEN'}" for f, m, why in rows], missing
 
 
 def _replace_block(text: str, name: str, body: list[str]) -> str:
