@@ -595,6 +595,22 @@ def test_bytes_that_are_not_the_request_message_are_a_client_error(served: Serve
                 code, details = code_of(lambda: call(garbage, timeout=10, metadata=AUTH))  # noqa: B023
                 assert code == "INVALID_ARGUMENT", (method, code, details)
                 assert "not a valid protobuf message" in details
+        # In a ScoreBatch stream the item that does not parse fails alone; the stream goes on.
+        info = pb_grpc.QualityEstimationStub(ch).GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=10, metadata=AUTH
+        )
+        shape = (len(info.views), len(info.channels), *info.spatial_size)
+        views = DQEClient.views_request(np.zeros(shape, dtype=np.float32), "good")
+        good = pb.ScoreBatchRequest(views=views).SerializeToString()
+        stream = ch.stream_stream(
+            "/dqe.v1.QualityEstimation/ScoreBatch", response_deserializer=pb.ScoreBatchResponse.FromString
+        )
+        replies = sorted(stream(iter([b"\xff\xff\xff\xff", good]), timeout=30, metadata=AUTH),
+                         key=lambda r: r.index)  # fmt: skip
+        assert [r.WhichOneof("outcome") for r in replies] == ["error", "result"], replies
+        assert (
+            replies[0].error.code == "INVALID_ARGUMENT" and "not a valid protobuf" in replies[0].error.message
+        )
     assert served.health_s() < 1.0
 
 

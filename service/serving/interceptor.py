@@ -145,7 +145,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         if self._turn is not None and handler.unary_unary is not None:
             handler = _received_in_turn(handler, lambda context: self._turn(method, context))  # type: ignore[misc]
         wrapped = _wrap(
-            handler, lambda behavior, streaming: self._guard(behavior, streaming, method, rid, tickets)
+            handler,
+            lambda behavior, streaming: self._guard(behavior, streaming, method, rid, tickets),
+            lenient_stream=True,  # ScoreBatch answers an item that does not parse with an item error
         )
         # gRPC may still drop the call without running its behaviour (its own maximum_concurrent_rpcs, a
         # caller gone before its request arrived): the slots are then released when gRPC lets go of the handler.
@@ -426,12 +428,17 @@ def _wrap(
     handler: grpc.RpcMethodHandler,
     guard: Callable[[Callable[..., Any], bool], Callable[..., Any]],
     pool: ThreadPoolExecutor | None = None,
+    lenient_stream: bool = False,
 ) -> grpc.RpcMethodHandler:
-    """A copy of ``handler`` whose behaviour runs inside ``guard`` (on ``pool`` when given, unary only)."""
+    """A copy of ``handler`` whose behaviour runs inside ``guard`` (on ``pool`` when given, unary only).
+
+    A unary request that does not parse reaches the guard as an :class:`Undecodable` and becomes
+    INVALID_ARGUMENT (gRPC would answer INTERNAL); stream items do so only with ``lenient_stream`` (the
+    behaviour must expect :class:`Undecodable` items), else gRPC's own handling applies."""
     deserializer = handler.request_deserializer
+    lenient = lenient_stream or not handler.request_streaming
     kwargs = {
-        # A unary request that does not parse becomes INVALID_ARGUMENT in the guard (gRPC would say INTERNAL).
-        "request_deserializer": deserializer if handler.request_streaming else _lenient(deserializer),
+        "request_deserializer": _lenient(deserializer) if lenient else deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from dqe.models.errors import CallCancelled, DeadlineExpired, DQEError, InvalidInput
 from dqe.service._proto import quality_estimation_pb2 as pb
-from dqe.service.serving.interceptor import current_request_id
+from dqe.service.serving.interceptor import Undecodable, current_request_id
 from dqe.service.serving.runtime import CallInfo
 from dqe.service.wire import error_to_proto
 
@@ -110,9 +110,13 @@ class BatchStream:
         self.results.put(None)
 
     def _one(self, index: int, request: pb.ScoreBatchRequest) -> None:
-        kind = request.WhichOneof("item")
         case_id = ""
         try:
+            if isinstance(
+                request, Undecodable
+            ):  # bytes that are not a ScoreBatchRequest: this item fails alone
+                raise request.error()
+            kind = request.WhichOneof("item")
             if kind == "case":
                 case_id = request.case.case_id
                 result = self.servicer._score_case(request.case, self.call)
