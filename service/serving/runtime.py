@@ -45,7 +45,6 @@ class Slots:
         self.what = what
         self.setting = setting
         self.held = 0
-        self.revoked = 0
         self._lock = threading.Condition(threading.Lock())
         self._leased: dict[Ticket, float] = {}
 
@@ -91,7 +90,6 @@ class Slots:
                     "%s: a holder did not finish within its lease; its slot goes to the next caller",
                     self.what,
                 )
-                self.revoked += 1
                 ticket._release_locked()
                 return True
         return False
