@@ -372,7 +372,7 @@ def _received_in_turn(
 
     return grpc.stream_unary_rpc_method_handler(
         behaviour,
-        request_deserializer=_lenient(handler.request_deserializer),
+        request_deserializer=handler.request_deserializer,  # made lenient by _wrap(lenient_stream=True)
         response_serializer=handler.response_serializer,
     )
 
