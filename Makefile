@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Models live in the CLI's own default model home ($DQE_HOME, else ~/.cache/dqe), so `make demo`, the tests, the
 # benchmarks and a later `dqe score` share one export. Override with DQE_HOME=... on the make command line.
-EXTRAS := fast,batch,train,dev
+EXTRAS := fast,batch,train,dev,dicom
 # The strict editable install links every package file into build/__editable__*/dqe/ (see pyproject.toml), so
 # the stamp also tracks the list of package files: adding or removing a module re-links the tree.
 PKG_FILES := $(shell find models service training -type f \( -name '*.py' -o -name '*.json' -o -name '*.yaml' -o -name py.typed \) -not -path '*/__pycache__/*' | sort)
@@ -53,7 +53,8 @@ proto-check: venv
 TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py tests/test_settings.py tests/test_layers.py \
 	tests/test_bench_report.py" \
 	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" \
-	"tests/test_deploy.py" "tests/test_abuse.py" "tests/test_forks.py"
+	"tests/test_deploy.py" "tests/test_abuse.py" "tests/test_forks.py" \
+	"tests/test_dicom.py" "tests/test_dicom_pacs.py"
 
 test: model lint typecheck proto-check test-shipped
 	$(BIN)/python tests/run_groups.py $(TEST_GROUPS)
