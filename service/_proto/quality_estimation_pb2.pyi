@@ -266,3 +266,21 @@ class ModelInfo(_message.Message):
     max_receive_message_bytes: int
     server_paths_enabled: bool
     def __init__(self, model_id: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., contract_version: _Optional[str] = ..., views: _Optional[_Iterable[str]] = ..., channels: _Optional[_Iterable[str]] = ..., spatial_size: _Optional[_Iterable[int]] = ..., contract_json: _Optional[str] = ..., card_json: _Optional[str] = ..., runtime: _Optional[_Union[ModelRef, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., server_paths_enabled: _Optional[bool] = ...) -> None: ...
+
+class DicomInstance(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class ScoreStudyResponse(_message.Message):
+    __slots__ = ("result", "study_instance_uid", "structured_report", "key_object_selection")
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    STUDY_INSTANCE_UID_FIELD_NUMBER: _ClassVar[int]
+    STRUCTURED_REPORT_FIELD_NUMBER: _ClassVar[int]
+    KEY_OBJECT_SELECTION_FIELD_NUMBER: _ClassVar[int]
+    result: ScoreResponse
+    study_instance_uid: str
+    structured_report: bytes
+    key_object_selection: bytes
+    def __init__(self, result: _Optional[_Union[ScoreResponse, _Mapping]] = ..., study_instance_uid: _Optional[str] = ..., structured_report: _Optional[bytes] = ..., key_object_selection: _Optional[bytes] = ...) -> None: ...

@@ -56,6 +56,11 @@ class QualityEstimationStub:
                 request_serializer=dqe_dot_v1_dot_quality__estimation__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=dqe_dot_v1_dot_quality__estimation__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ScoreStudy = channel.stream_unary(
+                '/dqe.v1.QualityEstimation/ScoreStudy',
+                request_serializer=dqe_dot_v1_dot_quality__estimation__pb2.DicomInstance.SerializeToString,
+                response_deserializer=dqe_dot_v1_dot_quality__estimation__pb2.ScoreStudyResponse.FromString,
+                _registered_method=True)
 
 
 class QualityEstimationServicer:
@@ -92,6 +97,16 @@ class QualityEstimationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreStudy(self, request_iterator, context):
+        """A DICOM study, one Part-10 instance per message (four MR series + one SEG; the dicom extra on the server):
+        the result with its gate verdict, plus the TID 1500 Structured Report (and a Key Object Selection when the
+        verdict is not pass). Same admission, deadline and message-size limits as ScoreCase; the study's instance
+        and byte budgets are refused with RESOURCE_EXHAUSTED as soon as they are passed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_QualityEstimationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +129,11 @@ def add_QualityEstimationServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=dqe_dot_v1_dot_quality__estimation__pb2.GetModelInfoRequest.FromString,
                     response_serializer=dqe_dot_v1_dot_quality__estimation__pb2.ModelInfo.SerializeToString,
+            ),
+            'ScoreStudy': grpc.stream_unary_rpc_method_handler(
+                    servicer.ScoreStudy,
+                    request_deserializer=dqe_dot_v1_dot_quality__estimation__pb2.DicomInstance.FromString,
+                    response_serializer=dqe_dot_v1_dot_quality__estimation__pb2.ScoreStudyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +246,33 @@ class QualityEstimation:
             '/dqe.v1.QualityEstimation/GetModelInfo',
             dqe_dot_v1_dot_quality__estimation__pb2.GetModelInfoRequest.SerializeToString,
             dqe_dot_v1_dot_quality__estimation__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreStudy(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/dqe.v1.QualityEstimation/ScoreStudy',
+            dqe_dot_v1_dot_quality__estimation__pb2.DicomInstance.SerializeToString,
+            dqe_dot_v1_dot_quality__estimation__pb2.ScoreStudyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,7 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("cases_dir", metavar="CASES_DIR", help="folder of case folders")
-    p.add_argument("submissions", metavar="SUBMISSION_DIR", nargs="+", help="one folder per team")
+    p.add_argument(
+        "submissions",
+        metavar="SUBMISSION_DIR",
+        nargs="*",
+        help="one folder per team; none: CASES_DIR holds one DICOM study per folder (four MR series + SEG each), "
+        "scored and gated with an SR per study in OUT_DIR/sr/ and a line per study in OUT_DIR/results.jsonl",
+    )
     p.add_argument(
         "--out", required=True, metavar="OUT_DIR", help="output folder (created; reused to resume)"
     )
@@ -69,10 +75,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     add_engine_args(p)
     add_label_convention_arg(p)
+    p.add_argument("--series-rules", metavar="JSON", help="DICOM studies: series selection rules")
+    p.add_argument("--segment-map", metavar="JSON", help="DICOM studies: SEG segment -> label map")
     p.set_defaults(func=run)
 
 
+def run_dicom(args: argparse.Namespace) -> int:
+    """``dqe batch STUDIES_DIR --out OUT`` (no SUBMISSION_DIR): one DICOM study per folder."""
+    from dqe.service.dicom_scoring import (  # lazy: highdicom and onnxruntime load when the command runs
+        DicomOptions,
+        run_study_batch,
+    )
+    from dqe.service.engine import Engine  # lazy: onnxruntime loads when the command runs
+
+    try:
+        options = DicomOptions(series_rules=args.series_rules, segment_map=args.segment_map)
+        summary = run_study_batch(args.cases_dir, args.out, Engine(engine_config(args)), options)
+    except DQEError as exc:
+        print_json(error_payload(exc))
+        return EXIT_INVALID
+    print_json(summary)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if not args.submissions:
+        return run_dicom(args)
     from dqe.service.batch import (  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
         BatchOptions,
         run_batch,

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dqe.models.dicom import is_dicom_study_dir
 from dqe.models.errors import DQEError, InvalidInput
 from dqe.models.labels import CHOICES
 from dqe.models.qc.config import GateConfig
@@ -33,6 +34,32 @@ def add_case_args(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(f"--{name}", metavar="FILE", help=f"{name} NIfTI file")
     parser.add_argument("--seg", "--segmentation", dest="seg", metavar="FILE", help="segmentation NIfTI file")
     add_label_convention_arg(parser)
+    add_dicom_args(parser)
+
+
+def add_dicom_args(parser: argparse.ArgumentParser) -> None:
+    """Options of a DICOM study folder (CASE_DIR holding DICOM files; needs the dicom extra)."""
+    group = parser.add_argument_group("DICOM study (CASE_DIR holds DICOM files: four MR series and a SEG)")
+    group.add_argument(
+        "--sr",
+        metavar="OUT.dcm",
+        help="write the TID 1500 Structured Report here (and, when the verdict is not pass, the Quality Issue "
+        "Key Object Selection beside it as OUT-kos.dcm); implies the QC gate",
+    )
+    group.add_argument(
+        "--series-rules", metavar="JSON", help="series selection rules (default: packaged rules)"
+    )
+    group.add_argument(
+        "--segment-map", metavar="JSON", help="SEG segment -> label map (default: packaged map)"
+    )
+
+
+def dicom_study_dir(args: argparse.Namespace) -> str | None:
+    """``CASE_DIR`` when it is a DICOM study (DICOM files, no NIfTI) and no NIfTI file was named explicitly."""
+    folder = getattr(args, "case_dir", None)
+    if not folder or any(getattr(args, n, None) for n in ("t1c", "t1", "t2", "flair", "seg")):
+        return None
+    return folder if is_dicom_study_dir(folder) else None
 
 
 def add_label_convention_arg(parser: argparse.ArgumentParser) -> None:

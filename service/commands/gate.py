@@ -13,12 +13,14 @@ from dqe.service.commands.common import (
     add_case_args,
     add_engine_args,
     add_star_threshold_arg,
+    dicom_study_dir,
     engine_config,
     error_payload,
     gate_config,
     load_case,
     print_json,
 )
+from dqe.service.commands.dicom import score_dicom
 from dqe.service.gate_eval import evaluate_list
 
 EXIT_PASS, EXIT_FAIL, EXIT_REVIEW = 0, 1, 3
@@ -68,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dqe.models.qc.gate import (  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
         EXIT_CODES,
+        Verdict,
         empty_segmentation_result,
         evaluate_case,
     )
@@ -81,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
         engine = Engine(engine_config(args))
         t1 = time.perf_counter()
+        if dicom_study_dir(args):
+            out, verdict = score_dicom(args, engine, cfg)
+            print_json(out)
+            return EXIT_CODES[Verdict(verdict)]
         try:
             case = load_case(args)
         except EmptySegmentation as exc:

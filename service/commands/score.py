@@ -11,11 +11,13 @@ from dqe.service.commands.common import (
     add_case_args,
     add_engine_args,
     add_remote_args,
+    dicom_study_dir,
     engine_config,
     error_payload,
     load_case,
     print_json,
 )
+from dqe.service.commands.dicom import score_dicom
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
 
         engine = Engine(engine_config(args))
         t1 = time.perf_counter()
+        if dicom_study_dir(args):
+            out, _ = score_dicom(args, engine, None)
+            print_json(out)
+            return 0
         case = load_case(args)
         t2 = time.perf_counter()
         result = engine.score_case(case)

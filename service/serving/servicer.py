@@ -28,6 +28,7 @@ from dqe.models.nifti import DecodeLimits, Volume, decode_nifti, load_nifti_fd
 from dqe.models.qc.gate import evaluate_case
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
+from dqe.service.dicom_scoring import score_instances
 from dqe.service.serving.interceptor import current_request_id
 from dqe.service.serving.runtime import CallInfo, Reservation, Runtime
 from dqe.service.serving.streams import BatchStream
@@ -85,6 +86,20 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
             ).responses()
         finally:
             ticket.release()
+
+    def ScoreStudy(
+        self, request_iterator: Iterator[pb.DicomInstance], context: grpc.ServicerContext
+    ) -> pb.ScoreStudyResponse:
+        # Thin adapter: the study's budgets, decoding and reports are dqe.service.dicom_scoring's
+        engine, _ = self.rt.ready()
+        call = CallInfo(context, self.rt.config.max_call_s)
+        out = score_instances((m.data for m in request_iterator), engine, check=lambda: call.check("receive"))
+        return pb.ScoreStudyResponse(
+            result=result_to_proto(out.result, model_ref(engine), current_request_id()),
+            study_instance_uid=out.study_uid,
+            structured_report=out.sr,
+            key_object_selection=out.kos or b"",
+        )
 
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         engine, batcher = self.rt.ready()
