@@ -78,13 +78,23 @@ def load_study_dir(
 ) -> Study:
     """The study in ``folder`` (Part-10 files, recursively), named after the folder."""
     require_dicom()
-    from dqe.models.dicom.study import (  # lazy: pydicom and highdicom are the dicom extra
-        read_files,
-        study_files,
-    )
+    from dqe.models.dicom.study import study_files  # lazy: pydicom and highdicom are the dicom extra
+
+    return load_study_paths(study_files(folder), options, limits, Path(folder).name)
+
+
+def load_study_paths(
+    paths: Iterable[str | Path],
+    options: DicomOptions = DicomOptions(),
+    limits: StudyLimits | None = None,
+    case_id: str | None = None,
+) -> Study:
+    """The study made of the Part-10 files ``paths``."""
+    require_dicom()
+    from dqe.models.dicom.study import read_files  # lazy: pydicom and highdicom are the dicom extra
 
     limits = limits or default_limits()
-    return _load(read_files(study_files(folder), limits), options, limits, Path(folder).name)
+    return _load(read_files(paths, limits), options, limits, case_id)
 
 
 def load_study_bytes(

@@ -411,3 +411,63 @@ def _coerce(name: str, default: Any, value: Any, source: str) -> Any:
         raise InvalidInput(
             f"{source} is {value!r}; expected {type(default).__name__} ({exc})", field=name
         ) from exc
+
+
+@dataclass(frozen=True)
+class DicomNodeConfig(EngineSettings):
+    """``dqe dicom-node``: a DICOM C-ECHO / C-STORE SCP that scores studies and sends their SR back (issue 19).
+
+    Attributes:
+        ae_title: the node's own AE title (callers must call it by this name).
+        host, port: where it listens (DIMSE).
+        allowed_calling_aes: calling AE titles accepted (empty: any).
+        spool_dir: where every instance is written on arrival (``<study>/<sop>.dcm``) and each study's state
+            is kept; a restart resumes from it.
+        quiet_s: a study is scored once no instance arrived for this many seconds.
+        dest_host, dest_port, dest_ae: where the SR (and KOS) are sent with C-STORE (empty host: not sent).
+        max_instances_per_study, max_bytes_per_study: a study over either is refused (C-STORE status A700).
+        max_instances_per_association, max_bytes_per_association: likewise per association.
+        tls_cert, tls_key, tls_ca: PEM files; with cert and key the SCP speaks TLS (with a CA it requires
+            client certificates signed by it).
+        metrics_port: Prometheus ``/metrics`` port (0: off).
+        log_format, log_level: as ``dqe serve`` (``json`` or ``text``; ``INFO``, ...).
+        series_rules, segment_map: JSON files overriding the packaged series rules / segment map.
+        model_id, providers, precision, backend, intra_op_threads: the engine (:class:`EngineSettings`).
+    """
+
+    ae_title: str = "DQE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allowed_calling_aes: tuple[str, ...] = ()
+    spool_dir: str = "dqe-spool"
+    quiet_s: float = 10.0
+    dest_host: str = ""
+    dest_port: int = 104
+    dest_ae: str = "PACS"
+    max_instances_per_study: int = 4096
+    max_bytes_per_study: int = 2 * 1024 * MIB
+    max_instances_per_association: int = 8192
+    max_bytes_per_association: int = 4 * 1024 * MIB
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    log_format: str = "json"
+    log_level: str = "INFO"
+    metrics_port: int = 0
+    series_rules: str = ""
+    segment_map: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= len(self.ae_title) <= 16:
+            raise InvalidInput(f"ae_title {self.ae_title!r}; expected 1-16 characters", field="ae_title")
+        if self.quiet_s <= 0:
+            raise InvalidInput(f"quiet_s is {self.quiet_s}; expected > 0", field="quiet_s")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidInput("tls_cert and tls_key go together", field="tls_cert")
+        for name in ("max_instances_per_study", "max_bytes_per_study", "max_instances_per_association",
+                     "max_bytes_per_association"):  # fmt: skip
+            if getattr(self, name) < 0:
+                raise InvalidInput(
+                    f"{name} is {getattr(self, name)}; expected >= 0 (0 = no limit)", field=name
+                )

@@ -24,3 +24,18 @@ def test_a_nifti_folder_is_not_a_dicom_study(tmp_path) -> None:
     (tmp_path / "a.dcm").write_bytes(b"\0" * 128 + b"DICM")
     (tmp_path / "t1c.nii.gz").write_bytes(b"")
     assert not is_dicom_study_dir(tmp_path)
+
+
+def test_node_settings_from_flags_env_and_defaults() -> None:
+    from dqe.models.errors import InvalidInput
+    from dqe.service.settings import DicomNodeConfig
+
+    cfg = DicomNodeConfig.from_sources(
+        {"port": 0}, env={"DQE_QUIET_S": "2.5", "DQE_ALLOWED_CALLING_AES": "A,B"}
+    )
+    assert (cfg.port, cfg.quiet_s, cfg.allowed_calling_aes, cfg.ae_title) == (0, 2.5, ("A", "B"), "DQE")
+    assert cfg.engine_config().model_id == cfg.model_id
+    with pytest.raises(InvalidInput, match="DQE_QUIET_S"):
+        DicomNodeConfig.from_sources({}, env={"DQE_QUIET_S": "0"})
+    with pytest.raises(InvalidInput, match="tls_cert and tls_key"):
+        DicomNodeConfig.from_sources({"tls_cert": "a.pem"}, env={})

@@ -151,7 +151,7 @@ def test_reflection_lists_the_service_and_its_file(channel) -> None:
     )
     assert by_name.file_descriptor_response.file_descriptor_proto
     methods = {m.name for m in reflection_pool(channel).FindServiceByName(SERVICE).methods}
-    assert methods == {"ScoreCase", "ScoreViews", "ScoreBatch", "GetModelInfo"}
+    assert methods == {"ScoreCase", "ScoreViews", "ScoreBatch", "GetModelInfo", "ScoreStudy"}
 
 
 class JsonClient:
