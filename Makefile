@@ -54,7 +54,7 @@ TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py te
 	tests/test_bench_report.py" \
 	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" \
 	"tests/test_deploy.py" "tests/test_abuse.py" "tests/test_forks.py" \
-	"tests/test_dicom.py tests/test_dicom_extra.py" "tests/test_dicom_pacs.py"
+	"tests/test_dicom.py tests/test_dicom_extra.py tests/test_dicom_node.py" "tests/test_dicom_pacs.py"
 
 test: model lint typecheck proto-check test-shipped
 	$(BIN)/python tests/run_groups.py $(TEST_GROUPS)
