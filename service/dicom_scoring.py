@@ -142,14 +142,19 @@ def score_instances(
     options: DicomOptions = DicomOptions(),
     gate_config: GateConfig | None = None,
     check: Callable[[], None] | None = None,
+    reserve: Callable[[int], None] | None = None,
 ) -> StudyOutcome:
-    """The RPC's pure core: Part-10 instances -> outcome. ``check`` runs between instances (deadline/cancel)."""
+    """The RPC's pure core: Part-10 instances -> outcome. ``check`` runs between instances (deadline/cancel);
+    ``reserve`` is called with each instance's size before it is kept (a server's memory budget: it raises to
+    refuse, e.g. :class:`~dqe.models.errors.Overloaded`)."""
     limits = limits or default_limits()
 
     def watched() -> Iterable[bytes]:
         for raw in budgeted(instances, limits.max_instances, limits.max_bytes):
             if check is not None:
                 check()
+            if reserve is not None:
+                reserve(len(raw))
             yield raw
 
     study = load_study_bytes(watched(), options, limits)

@@ -25,7 +25,7 @@ from dqe.models.dicom.errors import (  # noqa: E402
 from dqe.models.dicom.study import StudyLimits, load_study, read_files, study_files  # noqa: E402
 from dqe.models.phantom import make_phantom  # noqa: E402
 from dqe.models.qc.gate import evaluate_case  # noqa: E402
-from tests.conftest import DQE_TEST_DATA  # noqa: E402
+from tests.conftest import DQE_TEST_DATA, SHARED_DATA  # noqa: E402
 from tests.dicom_support import load_nifti_arrays, write_study  # noqa: E402
 
 SMALL = (64, 60, 40)
@@ -90,6 +90,25 @@ def test_real_exam_parity(tmp_path, engine, seg_type, rotate) -> None:
     assert evaluate_case(case, ours).verdict == evaluate_case(nifti, ref).verdict
     # no out-of-distribution warning: the shared exams are skull-stripped on the 1 mm atlas grid
     assert not [w for w in case.warnings if "out of distribution" in w]
+
+
+@pytest.mark.real_data
+def test_real_ground_truth_exam_oblique_multiframe_parity(tmp_path, engine) -> None:
+    """A BraTS 2018 exam with its expert segmentation (legacy label 4), written oblique with the FLAIR series as
+    one Legacy Converted Enhanced MR instance and a BINARY SEG: same stars and verdict as the NIfTI files."""
+    root = SHARED_DATA / "brats2018-groundtruth" / "Brats18_TCIA01_201_1"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    names = {"t1c": "t1ce", "t1": "t1", "t2": "t2", "flair": "flair", "segmentation": "seg"}
+    files = {f: root / f"{root.name}_{n}.nii.gz" for f, n in names.items()}
+    arrays, affine = load_nifti_arrays(files)
+    write_study(tmp_path, arrays, affine, seg_type="BINARY", rotate_deg=10.0, enhanced=("flair",))
+    case = _load(tmp_path)
+    _assert_same_voxels(case, arrays)
+    nifti = Case.from_files(**files)  # type: ignore[arg-type]
+    ours, ref = engine.score_case(case), engine.score_case(nifti)
+    assert abs(ours.mean_stars - ref.mean_stars) <= 1e-4, (ours.mean_stars, ref.mean_stars)
+    assert evaluate_case(case, ours).verdict == evaluate_case(nifti, ref).verdict
 
 
 def _copy(small, tmp_path: Path) -> Path:

@@ -65,3 +65,18 @@ def test_score_study_rpc_typed_errors(engine, study_dir) -> None:
             stub.ScoreStudy(iter([pb.DicomInstance(data=b"not dicom")]), timeout=60)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "Part-10" in err.value.details()
+
+
+def test_score_study_counts_against_the_pending_budget(engine, study_dir) -> None:
+    """The instances' bytes are reserved in the server-wide budget ScoreCase uses (max_pending_mb): a study
+    larger than what is free is refused with RESOURCE_EXHAUSTED, and the budget is whole again afterwards."""
+    size = sum(len(m.data) for m in _instances(study_dir))
+    assert size > 1024 * 1024  # the phantom study is larger than the 1 MiB budget below
+    with (
+        running_server(engine, max_pending_mb=1) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.QualityEstimationStub(ch).ScoreStudy(_instances(study_dir), timeout=60)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+        assert server.runtime.pending.used == 0

@@ -90,10 +90,20 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
     def ScoreStudy(
         self, request_iterator: Iterator[pb.DicomInstance], context: grpc.ServicerContext
     ) -> pb.ScoreStudyResponse:
-        # Thin adapter: the study's budgets, decoding and reports are dqe.service.dicom_scoring's
+        # Thin adapter: the study's budgets, decoding and reports are dqe.service.dicom_scoring's; the bytes
+        # received count against the server-wide budget of ScoreCase requests (max_pending_mb) until the end
         engine, _ = self.rt.ready()
         call = CallInfo(context, self.rt.config.max_call_s)
-        out = score_instances((m.data for m in request_iterator), engine, check=lambda: call.check("receive"))
+        held = Reservation(self.rt.pending)
+        try:
+            out = score_instances(
+                (m.data for m in request_iterator),
+                engine,
+                check=lambda: call.check("receive"),
+                reserve=held.reserve,
+            )
+        finally:
+            held.release()
         return pb.ScoreStudyResponse(
             result=result_to_proto(out.result, model_ref(engine), current_request_id()),
             study_instance_uid=out.study_uid,
