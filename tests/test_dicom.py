@@ -221,3 +221,35 @@ def test_resampled_series_named(small, tmp_path) -> None:
     case = _load(study)
     assert any("t2 (series #3 'T2 TSE'): not on the grid" in w and "trilinear" in w for w in case.warnings)
     assert case.t2.shape == case.t1c.shape
+
+
+def test_cli_gate_score_and_batch_on_dicom_studies(small, tmp_path, capsys) -> None:
+    """`dqe gate STUDY --sr`, `dqe score STUDY`, `dqe batch STUDIES --out` (no SUBMISSION_DIR), JSON on stdout."""
+    import json
+
+    from dqe.models.qc.gate import EXIT_CODES
+    from dqe.models.qc.types import Verdict
+    from dqe.service.cli import main
+
+    study = _copy(small, tmp_path)
+    sr = tmp_path / "out" / "report.dcm"
+    code = main(["gate", str(study), "--sr", str(sr), "--threads", "2"])
+    out = json.loads(capsys.readouterr().out)
+    verdict = out["gate"]["verdict"]
+    assert code == EXIT_CODES[Verdict(verdict)]
+    assert out["sr"] == str(sr) and pydicom.dcmread(sr).Modality == "SR"
+    assert (sr.with_name("report-kos.dcm").exists()) == (verdict != "pass")
+    assert main(["score", str(study), "--threads", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["mean_stars"] == pytest.approx(out["mean_stars"], abs=1e-6)
+    broken = tmp_path / "studies" / "broken"
+    shutil.copytree(study, tmp_path / "studies" / "good")
+    shutil.copytree(study, broken)
+    shutil.rmtree(broken / "flair")
+    assert main(["batch", str(tmp_path / "studies"), "--out", str(tmp_path / "b"), "--threads", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["scored"], summary["failed"]) == (1, 1)
+    rows = [json.loads(x) for x in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
+    assert {r["study"]: "error" in r for r in rows} == {"good": False, "broken": True}
+    assert (tmp_path / "b" / "sr" / "good.dcm").is_file()
+    assert main(["batch", str(tmp_path / "studies"), "--out", str(tmp_path / "b"), "--threads", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 2  # the journal: a re-run skips both

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from dqe.models.errors import DQEError
+from dqe.models.errors import DQEError, InvalidInput
 from dqe.service.commands.common import (
     EXIT_INVALID,
     add_case_args,
@@ -58,6 +58,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
 
+    if args.server and dicom_study_dir(args):
+        print_json(
+            error_payload(
+                InvalidInput(
+                    "a DICOM study is sent to a server with the ScoreStudy RPC (one Part-10 instance per "
+                    "message); `dqe score --server` sends NIfTI cases only: score it locally or call ScoreStudy",
+                    field="case_dir",
+                )
+            )
+        )
+        return EXIT_INVALID
     if args.server:
         from dqe.service.commands.remote import (  # lazy: grpc loads only for --server
             score_command,  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
