@@ -80,3 +80,16 @@ def test_score_study_counts_against_the_pending_budget(engine, study_dir) -> Non
             pb_grpc.QualityEstimationStub(ch).ScoreStudy(_instances(study_dir), timeout=60)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
         assert server.runtime.pending.used == 0
+
+
+def test_score_study_message_that_does_not_parse(engine) -> None:
+    with running_server(engine) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        raw = channel.stream_unary(
+            "/dqe.v1.QualityEstimation/ScoreStudy",
+            request_serializer=lambda b: b,
+            response_deserializer=pb.ScoreStudyResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            raw(iter([b"\xff\xff\xff"]), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid protobuf message" in err.value.details()

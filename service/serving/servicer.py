@@ -29,7 +29,7 @@ from dqe.models.qc.gate import evaluate_case
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
 from dqe.service.dicom_scoring import score_instances
-from dqe.service.serving.interceptor import current_request_id
+from dqe.service.serving.interceptor import Undecodable, current_request_id
 from dqe.service.serving.runtime import CallInfo, Reservation, Runtime
 from dqe.service.serving.streams import BatchStream
 from dqe.service.wire import result_to_proto, views_from_tensor
@@ -60,6 +60,15 @@ class _Prepared:
     case_id: str
     warnings: list[str]
     timings: dict[str, float]
+
+
+def _instance_bytes(messages: Iterator[pb.DicomInstance | Undecodable]) -> Iterator[bytes]:
+    """The bytes of each ``DicomInstance``; a message that did not parse (the interceptor reads streams
+    leniently) ends the call with INVALID_ARGUMENT."""
+    for message in messages:
+        if isinstance(message, Undecodable):
+            raise message.error()
+        yield message.data
 
 
 class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
@@ -97,7 +106,7 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         held = Reservation(self.rt.pending)
         try:
             out = score_instances(
-                (m.data for m in request_iterator),
+                _instance_bytes(request_iterator),
                 engine,
                 check=lambda: call.check("receive"),
                 reserve=held.reserve,
