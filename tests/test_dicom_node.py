@@ -92,3 +92,40 @@ def test_quiet_study_is_scored_once_and_marked(tmp_path, engine, study) -> None:
         assert sum(node.metrics.scored.labels(v)._value.get() for v in ("pass", "review", "fail")) == 1
     finally:
         node.stop()
+
+
+def test_tls_with_client_certificates(tmp_path, engine) -> None:
+    """With a certificate, key and CA the node speaks TLS and requires a client certificate signed by the CA."""
+    import ssl
+
+    from tests.grpc_support import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    node = _node(
+        tmp_path,
+        engine,
+        quiet_s=60,
+        tls_cert=str(certs["server.pem"]),
+        tls_key=str(certs["server.key"]),
+        tls_ca=str(certs["ca.pem"]),
+    )
+
+    def echo(cert: str, key: str) -> bool:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(certs["ca.pem"]))
+        ctx.load_cert_chain(str(certs[cert]), str(certs[key]))
+        ae = AE(ae_title="SCU")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="DQE", tls_args=(ctx, "localhost"))
+        ok = assoc.is_established and int(assoc.send_c_echo().Status) == 0
+        if assoc.is_established:
+            assoc.release()
+        return ok
+
+    try:
+        assert echo("client.pem", "client.key")
+        assert not echo("rogue.pem", "rogue.key")  # a certificate from another CA is refused
+        plain = AE(ae_title="SCU")
+        plain.add_requested_context(Verification)
+        assert not plain.associate("127.0.0.1", node.port, ae_title="DQE").is_established  # no TLS: refused
+    finally:
+        node.stop()
