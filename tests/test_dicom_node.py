@@ -75,6 +75,22 @@ def test_instances_on_disk_and_limits(tmp_path, engine, study) -> None:
         assert node.metrics.refused.labels("study_limit")._value.get() == 1
     finally:
         node.stop()
+    # a restarted node counts what the spool already holds (8): the study stays at its limit
+    again = _node(tmp_path, engine, quiet_s=60, max_instances_per_study=8)
+    try:
+        assert _send(again.port, study[9:10]) == [0xA700]
+    finally:
+        again.stop()
+
+
+def test_association_byte_limit(tmp_path, engine, study) -> None:
+    size = study[0].stat().st_size
+    node = _node(tmp_path, engine, quiet_s=60, max_bytes_per_association=int(size * 2.5))
+    try:
+        assert _send(node.port, study[:4]) == [0, 0, 0xA700, 0xA700]
+        assert _send(node.port, study[4:5]) == [0]  # a new association starts a new budget
+    finally:
+        node.stop()
 
 
 def test_quiet_study_is_scored_once_and_marked(tmp_path, engine, study) -> None:

@@ -59,6 +59,9 @@ class DicomNode:
         self.metrics = NodeMetrics()
         self.options = DicomOptions(config.series_rules or None, config.segment_map or None)
         self._assoc: dict[int, list[int]] = {}  # association id -> [instances, bytes]
+        self._studies: dict[
+            str, list[int]
+        ] = {}  # study UID -> [instances, bytes] received (a resent one counts)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server: Any = None
@@ -111,17 +114,25 @@ class DicomNode:
         except ValueError:
             self.metrics.refused.labels("no_study_uid").inc()
             return CANNOT_UNDERSTAND
-        if folder.exists():
-            state = self.spool.state(folder)
-            if (c.max_instances_per_study and state.instances + 1 > c.max_instances_per_study) or (
-                c.max_bytes_per_study and state.bytes + len(data) > c.max_bytes_per_study
+        with self._lock:
+            held = self._studies.get(study_uid)
+            if held is None:  # first instance since start: count what the spool already holds
+                state = self.spool.state(folder) if folder.exists() else None
+                held = self._studies[study_uid] = [state.instances, state.bytes] if state else [0, 0]
+            if (c.max_instances_per_study and held[0] + 1 > c.max_instances_per_study) or (
+                c.max_bytes_per_study and held[1] + len(data) > c.max_bytes_per_study
             ):
                 self.metrics.refused.labels("study_limit").inc()
                 logger.warning("C-STORE refused: study %s over its limit", study_uid)
                 return OUT_OF_RESOURCES
+            held[0] += 1  # counted before the write so that concurrent associations cannot overrun the limit
+            held[1] += len(data)
         try:
             self.spool.store(study_uid, sop_uid, data)
         except (ValueError, OSError) as exc:
+            with self._lock:
+                held[0] -= 1
+                held[1] -= len(data)
             self.metrics.refused.labels("store_failed").inc()
             logger.error("C-STORE of %s not stored: %s", sop_uid, exc)
             return OUT_OF_RESOURCES
