@@ -40,6 +40,7 @@ from dqe.service.batch.scoring import load_gate, score_prepared
 from dqe.service.engine import Engine
 
 if TYPE_CHECKING:
+    from dqe.models.qc.config import GateConfig
     from dqe.service.engine import EngineConfig
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class ScorerActor:
         workers: decoding threads inside the actor.
         extra: fields copied into every record.
         env: environment variables to set before the engine loads (``DQE_HOME``).
+        gate_config: the gate's configuration; evidence_dir: where its NIfTI maps go (``None``: none).
     """
 
     def __init__(
@@ -65,13 +67,15 @@ class ScorerActor:
         workers: int,
         extra: dict[str, Any],
         env: dict[str, str] | None = None,
+        gate_config: GateConfig | None = None,
+        evidence_dir: str | None = None,
     ) -> None:
         for key, value in (env or {}).items():
             os.environ.setdefault(key, value)
 
         self.engine = Engine(engine_config)
         self.options = PrepareOptions(**options)
-        self.gate = load_gate() if gate else None
+        self.gate = load_gate(gate_config, evidence_dir) if gate else None
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dqe-ray")
         self.extra = extra
 
@@ -110,6 +114,8 @@ def run_ray(
     concurrency: int = 1,
     extra: dict[str, Any] | None = None,
     address: str | None = None,
+    gate_config: GateConfig | None = None,
+    evidence_dir: str | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Yield batches of records as actors finish cases (order not guaranteed).
 
@@ -122,6 +128,8 @@ def run_ray(
         concurrency: number of actors (one GPU each when the cluster has GPUs).
         extra: fields copied into every record.
         address: Ray address; default ``RAY_ADDRESS`` or a new local instance.
+        gate_config: the gate's configuration (default thresholds and alpha when ``None``).
+        evidence_dir: folder for the gate's NIfTI disagreement maps (shared storage with a cluster).
     """
     import ray
 
@@ -143,6 +151,8 @@ def run_ray(
                 "workers": workers,
                 "extra": extra or {},
                 "env": env,
+                "gate_config": gate_config,
+                "evidence_dir": evidence_dir,
             },
             batch_size=1,
             batch_format="numpy",
