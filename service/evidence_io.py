@@ -3,11 +3,14 @@
 The map is float32 on the segmentation's own grid with the segmentation's affine, so any viewer overlays it
 on the exam: 0 where segmentation and images agree, larger (robust z units of normal brain) where a
 labelled voxel looks unlike its region or an unlabelled one looks like it. The file is written atomically
-(temporary file, fsync, rename).
+(temporary file beside it, then rename), so a reader never sees half a map.
 """
 
 from __future__ import annotations
 
+import gzip
+import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,18 +19,18 @@ import numpy as np
 
 from dqe.models.errors import InvalidInput
 from dqe.models.nifti import affine_usable
-from dqe.service.batch.writer import atomic_write_bytes, safe_name
 
 if TYPE_CHECKING:
     from dqe.models.case import Case
     from dqe.models.qc.evidence import EvidenceMap
 
 SUFFIX = "_evidence.nii.gz"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def evidence_path(folder: str | Path, name: str) -> Path:
     """``folder/<name>_evidence.nii.gz`` with ``name`` made file-system safe."""
-    return Path(folder) / (safe_name(name) + SUFFIX)
+    return Path(folder) / ((_UNSAFE.sub("_", name).strip(".") or "case") + SUFFIX)
 
 
 def write_evidence_map(case: Case, emap: EvidenceMap, folder: str | Path, name: str) -> Path:
@@ -56,11 +59,11 @@ def write_evidence_map(case: Case, emap: EvidenceMap, folder: str | Path, name: 
     img.header.set_data_dtype(np.float32)
     img.header["descrip"] = b"dqe evidence: seg/image disagreement, z"
     path = evidence_path(out, name)
-    atomic_write_bytes(path, _gz(img))
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(gzip.compress(img.to_bytes(), compresslevel=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
-
-
-def _gz(img: nib.Nifti1Image) -> bytes:
-    import gzip
-
-    return gzip.compress(img.to_bytes(), compresslevel=1)

@@ -249,3 +249,40 @@ def test_partial_case_in_journal_is_rescored_in_full(
     assert [s.case_id for s in specs] == [CASES[2]] and len(specs[0].jobs) == 3 and skipped == 6
     specs, skipped = _pending(ds, journal, whole_cases=False)
     assert [j.team for j in specs[0].jobs] == ["gamma"] and skipped == 8
+
+
+def test_real_gate_evidence_maps_and_report(dataset: dict[str, Path], tmp_path: Path) -> None:
+    """The real gate in batch: per-region columns, evidence panels in report.html, NIfTI maps per team."""
+    import nibabel as nib
+    import pandas as pd
+
+    from dqe.service.batch import run_batch
+
+    out, ev = tmp_path / "out", tmp_path / "evidence"
+    outcome = run_batch(
+        dataset["cases"],
+        [dataset[t] for t in TEAMS],
+        out,
+        engine_config=_engine_config(),
+        options=_options(gate=True, images=True, evidence_dir=str(ev)),
+    )
+    assert outcome.failed == 1
+    df = pd.read_csv(out / "scores.csv", keep_default_na=False)
+    ok = df[df["error"] == ""]
+    assert set(ok["verdict_wt"]) <= {"pass", "review", "fail"} and len(ok) == 8
+    # the shifted team always has whole-tumour evidence; a correct whole tumour may have none worth showing
+    assert ok.loc[ok["team"] == "beta", "evidence_wt"].str.contains("axial|coronal|sagittal").all()
+    maps = sorted(p.name for p in ev.iterdir())
+    assert len(maps) == 8 and f"{CASES[0]}__beta_evidence.nii.gz" in maps
+    seg = nib.load(str(dataset["beta"] / f"{CASES[0]}.nii.gz"))
+    img = nib.load(str(ev / f"{CASES[0]}__beta_evidence.nii.gz"))
+    assert img.shape == seg.shape and np.allclose(img.affine, seg.affine)
+    # the shifted team's map holds more disagreement than the correct team's
+    good = np.asarray(nib.load(str(ev / f"{CASES[0]}__alpha_evidence.nii.gz")).dataobj).sum()
+    assert np.asarray(img.dataobj).sum() > 5 * good
+    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    rec = next(r for r in journal if (r["case"], r["team"]) == (CASES[0], "beta"))
+    assert rec["evidence_slices"]["wt"][0]["axis"] in ("axial", "coronal", "sagittal")
+    assert rec["evidence_png"] and (out / "png" / rec["evidence_png"]).is_file()
+    html = (out / "report.html").read_text()
+    assert "evidence slices" in html and "consensus Dice" in html and "strongest evidence at" in html

@@ -11,10 +11,12 @@ The calibration size is read from the gate configuration when it records one (``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
 from dqe.models.errors import InvalidInput
+from dqe.models.qc.config import GateConfig
 
 
 def min_supported_alpha(config: Any) -> float | None:
@@ -49,3 +51,15 @@ def check_alpha(alpha: float, config: Any = None) -> float:
             field="alpha",
         )
     return value
+
+
+def with_alpha(alpha: float | None, config: GateConfig | None = None) -> GateConfig:
+    """``config`` (default :class:`GateConfig`) with ``alpha`` when given (``None`` or 0: unchanged).
+
+    Raises:
+        InvalidInput: see :func:`check_alpha`.
+    """
+    cfg = config or GateConfig()
+    if alpha is None or alpha == 0:
+        return cfg
+    return dataclasses.replace(cfg, alpha=check_alpha(alpha, cfg))

@@ -46,6 +46,7 @@ class EvidenceConfig:
 
     Defaults follow the gate's own intensity rules (:mod:`dqe.models.qc.config`: the WT is judged
     FLAIR-hyperintense at z >= 1.5, enhancement counts at z >= 2); they are not fitted to any case.
+    ``min_strength`` (z x ml) drops slices whose evidence is noise (a few voxels just past a threshold).
     """
 
     wt_atypical_z: float = 1.0
@@ -55,6 +56,7 @@ class EvidenceConfig:
     et_typical_z: float = 2.0
     band_mm: float = 10.0
     slices_per_region: int = 3
+    min_strength: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,12 @@ class EvidenceMap:
         out[self.box] = np.maximum.reduce([self.maps[r] for r in REGIONS])
         return out
 
-    def slices(self, region: str, k: int = 3) -> list[EvidenceSlice]:
+    def slices(self, region: str, k: int = 3, min_strength: float = 0.0) -> list[EvidenceSlice]:
         """The strongest slice of ``region`` per view (full-resolution indices), strongest first, at most ``k``.
 
-        ``strength`` is the map summed over the slice, in z x ml; views without any evidence are left out.
+        ``strength`` is the map summed over the slice (one voxel thick), in z x ml; views whose strongest slice
+        is at or below
+        ``min_strength`` are left out.
         """
         m = self.maps[region]
         out = []
@@ -98,7 +102,9 @@ class EvidenceMap:
             j = int(np.argmax(profile))
             start = self.box[axis].start or 0
             index = min((start + j) * self.step, self.shape[axis] - 1)
-            out.append(EvidenceSlice(name, index, float(profile[j]) * self.sample_ml))
+            strength = float(profile[j]) * self.sample_ml / self.step  # one voxel thick at any step
+            if strength > min_strength:
+                out.append(EvidenceSlice(name, index, strength))
         out.sort(key=lambda s: -s.strength)
         return out[:k]
 
@@ -207,7 +213,7 @@ def evidence_slices(
     emap: EvidenceMap | None, cfg: EvidenceConfig | None = None
 ) -> dict[str, list[EvidenceSlice]]:
     """Per region, its strongest slices (empty lists when there is no map)."""
-    k = (cfg or EvidenceConfig()).slices_per_region
+    c = cfg or EvidenceConfig()
     if emap is None:
         return {r: [] for r in REGIONS}
-    return {r: emap.slices(r, k) for r in REGIONS}
+    return {r: emap.slices(r, c.slices_per_region, c.min_strength) for r in REGIONS}

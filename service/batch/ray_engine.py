@@ -85,8 +85,9 @@ class ScorerActor:
             spec = CaseSpec.from_json(str(text))
             prepared = prepare_case(spec, self.engine, self.pool, self.options)
             for rec in score_prepared(self.engine, prepared, self.gate, self.pool, self.extra):
-                png = rec.pop("_png", None)
-                rec["_png_b64"] = base64.b64encode(png).decode() if png else None
+                for key in ("_png", "_evidence_png"):
+                    png = rec.pop(key, None)
+                    rec[key + "_b64"] = base64.b64encode(png).decode() if png else None
                 out.append(json.dumps(rec))
         return {"record": np.asarray(out, dtype=object)}
 
@@ -164,8 +165,9 @@ def run_ray(
             records = []
             for text in batch["record"]:
                 rec = json.loads(str(text))
-                b64 = rec.pop("_png_b64", None)
-                rec["_png"] = base64.b64decode(b64) if b64 else None
+                for key in ("_png", "_evidence_png"):
+                    b64 = rec.pop(key + "_b64", None)
+                    rec[key] = base64.b64decode(b64) if b64 else None
                 records.append(rec)
             yield records
     finally:

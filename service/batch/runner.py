@@ -8,7 +8,6 @@ always safe and only scores what is missing or changed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -21,8 +20,7 @@ from typing import Any
 
 from dqe.models.artifacts import ensure_model
 from dqe.models.errors import InvalidInput
-from dqe.models.qc.alpha import check_alpha
-from dqe.models.qc.config import GateConfig
+from dqe.models.qc.alpha import with_alpha
 from dqe.service.batch.dataset import CaseSpec, Dataset, discover_dataset
 from dqe.service.batch.journal import Journal
 from dqe.service.batch.pipeline import run_local
@@ -135,12 +133,13 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
 
 
 def _store_png(rec: dict[str, Any], png_dir: Path) -> None:
-    data = rec.pop("_png", None)
-    rec["png"] = ""
-    if data:
-        name = safe_name(rec["case"], rec["team"]) + ".png"
-        atomic_write_bytes(png_dir / name, data)
-        rec["png"] = name
+    for key, suffix in (("png", ".png"), ("evidence_png", "_evidence.png")):
+        data = rec.pop("_" + key, None)
+        rec[key] = ""
+        if data:
+            name = safe_name(rec["case"], rec["team"]) + suffix
+            atomic_write_bytes(png_dir / name, data)
+            rec[key] = name
 
 
 def run_batch(
@@ -171,7 +170,7 @@ def run_batch(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     artifacts = ensure_model(cfg.model_id)
-    gate_cfg = gate_config_for(opts.alpha)
+    gate_cfg = with_alpha(opts.alpha)
     gate_fn = load_gate(gate_cfg, opts.evidence_dir) if opts.gate else None
     use_gate = gate_fn is not None
     extra: dict[str, Any] = {}
@@ -210,12 +209,6 @@ def run_batch(
     return BatchOutcome(out, total, skipped, scored_now, failed, time.perf_counter() - t0, files)
 
 
-def gate_config_for(alpha: float | None) -> GateConfig:
-    """The default gate configuration, with ``alpha`` when given (validated by :func:`check_alpha`)."""
-    cfg = GateConfig()
-    return cfg if alpha is None else dataclasses.replace(cfg, alpha=check_alpha(alpha, cfg))
-
-
 def _engine_stream(
     specs: list[CaseSpec],
     cfg: Any,
@@ -232,7 +225,7 @@ def _engine_stream(
             cfg,
             prep,
             gate=opts.gate,
-            gate_config=gate_config_for(opts.alpha),
+            gate_config=with_alpha(opts.alpha),
             evidence_dir=opts.evidence_dir,
             workers=opts.workers,
             concurrency=opts.ray_concurrency,

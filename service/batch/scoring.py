@@ -33,6 +33,7 @@ from dqe.models.qc.consensus import consensus_dice
 from dqe.models.qc.gate import evaluate_case
 from dqe.models.qc.regions import add_evidence
 from dqe.models.qc.types import REGIONS
+from dqe.service.batch.mosaic import render_evidence
 from dqe.service.batch.prepare import PreparedCase, PreparedSeg, error_fields
 from dqe.service.batch.writer import safe_name
 from dqe.service.evidence_io import write_evidence_map
@@ -181,9 +182,22 @@ def finish_case(
         gate_result, gate_note = verdicts.get(i, (None, None))
         rec = make_record(engine, seg, results.get(i), gate_result, gate_note, error, extra)
         rec.update(consensus_fields(consensus.get(i)))
+        if seg.png is not None and gate_result is not None and seg.case is not None:  # images are on
+            rec["_evidence_png"] = _evidence_png(seg, gate_result)
         records.append(rec)
         seg.case = None  # release the label volume as soon as possible
     return records
+
+
+def _evidence_png(seg: PreparedSeg, gate_result: Any) -> bytes | None:
+    """The report's evidence panels of a gated segmentation (``None`` without evidence slices)."""
+    assert seg.case is not None
+    try:
+        images = {v.name: v for v in seg.case.images}
+        return render_evidence(images, seg.case.labels, getattr(gate_result, "regions", []))
+    except Exception:  # a picture must never cost a record
+        logger.exception("evidence panels failed for %s / %s", seg.job.case_id, seg.job.team)
+        return None
 
 
 def case_consensus(segs: list[PreparedSeg], results: Mapping[int, Any]) -> dict[int, dict[str, float]]:

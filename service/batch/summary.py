@@ -25,6 +25,7 @@ TRAILING = (
     "com_z",
     "segmentation",
     "png",
+    "evidence_png",
     "model_id",
     "model_sha256",
     "precision",
@@ -75,7 +76,16 @@ def score_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for col in ("com_x", "com_y", "com_z"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in ("verdict", "error", "error_code", "gate_reasons", "warnings", "segmentation", "png"):
+    for col in (
+        "verdict",
+        "error",
+        "error_code",
+        "gate_reasons",
+        "warnings",
+        "segmentation",
+        "png",
+        "evidence_png",
+    ):
         df[col] = df[col].fillna("").astype(str)
     return df.sort_values(["case", "team"], kind="stable").reset_index(drop=True)
 
