@@ -47,11 +47,20 @@ def _union_box(labels: Sequence[np.ndarray]) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = int(np.count_nonzero(a)), int(np.count_nonzero(b))
-    if na == 0 and nb == 0:
+def _dice_with_majority(mine: np.ndarray, votes: np.ndarray, hist_all: np.ndarray, n_others: int) -> float:
+    """Dice of ``mine`` with "more than half of the others", from vote counts (``votes`` includes ``mine``).
+
+    A voxel of ``mine`` has ``v - 1`` other votes, any other voxel ``v``; so both the overlap and the
+    consensus size follow from two histograms of ``votes`` without building the consensus mask.
+    """
+    h = np.bincount(votes[mine], minlength=hist_all.size)
+    v = np.arange(hist_all.size)
+    overlap = int(h[2 * (v - 1) > n_others].sum())
+    consensus = overlap + int((hist_all - h)[2 * v > n_others].sum())
+    size = int(h.sum())
+    if size == 0 and consensus == 0:
         return 1.0
-    return 2.0 * int(np.count_nonzero(a & b)) / (na + nb)
+    return 2.0 * overlap / (size + consensus)
 
 
 def consensus_dice(
@@ -92,9 +101,9 @@ def consensus_dice(
         votes = np.zeros(crops[0].shape, dtype=np.int16)
         for m in masks:
             votes += m
+        hist_all = np.bincount(votes.ravel(), minlength=len(masks) + 1)
         for k, m in enumerate(masks):
-            others = votes - m  # votes of everyone but k
-            values[k][region] = _dice(m, 2 * others > n_others)
+            values[k][region] = _dice_with_majority(m, votes, hist_all, n_others)
     for k, i in enumerate(usable):
         out[i] = values[k]
     return out
