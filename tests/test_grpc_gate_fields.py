@@ -239,3 +239,17 @@ def test_json_via_reflection_sees_the_new_fields(channel, case_paths, camel: boo
     assert gate["alpha"] == pytest.approx(0.15)
     assert [r["region"] for r in gate["regions"]] == ["wt", "tc", "et"]
     assert gate["regions"][0]["evidenceSlices"][0]["axis"] in ("axial", "coronal", "sagittal")
+
+
+def test_score_batch_items_carry_regions_and_item_errors_for_bad_alpha(channel, case_paths) -> None:
+    stub = pb_grpc.QualityEstimationStub(channel)
+    items = [
+        pb.ScoreBatchRequest(case=_request(case_paths, alpha=0.25)),
+        pb.ScoreBatchRequest(case=_request(case_paths, alpha=2.0)),
+    ]
+    answers = {a.index: a for a in stub.ScoreBatch(iter(items))}
+    assert sorted(answers) == [0, 1]
+    ok = answers[0].result.gate
+    assert ok.alpha == pytest.approx(0.25) and [r.region for r in ok.regions] == ["wt", "tc", "et"]
+    assert answers[1].WhichOneof("outcome") == "error"
+    assert answers[1].error.code == "INVALID_ARGUMENT" and answers[1].error.field == "alpha"

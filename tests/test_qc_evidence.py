@@ -250,3 +250,24 @@ def test_real_faults_light_up_their_region() -> None:
     assert dilated["wt"] > 3 * good["wt"], (name, good, dilated)
     assert swap["et"] > 1.8 * good["et"] and swap["wt"] == pytest.approx(good["wt"]), (good, swap)
     assert sum(good.values()) < shifts[0] < shifts[1], (good, shifts)
+
+
+def test_evidence_with_server_is_refused_before_connecting(case_dir: Path, tmp_path: Path) -> None:
+    code, out = _cli(
+        [
+            "score",
+            str(case_dir),
+            "--server",
+            "127.0.0.1:1",
+            "--gate",
+            "--evidence",
+            str(tmp_path),
+            "--deadline",
+            "2",
+        ]
+    )
+    assert code == 2 and out["error"]["field"] == "evidence"
+    code, out = _cli(
+        ["score", str(case_dir), "--server", "127.0.0.1:1", "--gate", "--alpha", "7", "--deadline", "2"]
+    )
+    assert code == 2 and out["error"]["field"] == "alpha"
