@@ -34,9 +34,9 @@ RULE = "region-wise majority vote of the other segmentations (> half of them), D
 
 
 def _union_box(labels: Sequence[np.ndarray]) -> tuple[slice, ...]:
-    any_label = np.zeros(labels[0].shape, dtype=bool)
-    for lab in labels:
-        any_label |= lab > 0
+    any_label = np.array(labels[0], dtype=np.uint8, copy=True)
+    for lab in labels[1:]:  # in place, no boolean temporaries: one pass per volume
+        np.maximum(any_label, lab, out=any_label)
     box = []
     for axis in range(any_label.ndim):
         others = tuple(a for a in range(any_label.ndim) if a != axis)
