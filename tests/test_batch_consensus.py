@@ -286,3 +286,25 @@ def test_real_gate_evidence_maps_and_report(dataset: dict[str, Path], tmp_path: 
     assert rec["evidence_png"] and (out / "png" / rec["evidence_png"]).is_file()
     html = (out / "report.html").read_text()
     assert "evidence slices" in html and "consensus Dice" in html and "strongest evidence at" in html
+
+
+def test_batch_cli_refuses_a_bad_alpha_before_scoring(dataset: dict[str, Path], tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from dqe.service.cli import main
+
+    buf = io.StringIO()
+    argv = [
+        "batch",
+        str(dataset["cases"]),
+        str(dataset["alpha"]),
+        "--out",
+        str(tmp_path / "o"),
+        "--alpha",
+        "1.5",
+    ]
+    with contextlib.redirect_stdout(buf):
+        code = main([*argv, "--no-progress"])
+    out = json.loads(buf.getvalue())
+    assert code == 2 and out["error"]["field"] == "alpha" and not (tmp_path / "o" / "journal.jsonl").exists()
