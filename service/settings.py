@@ -14,6 +14,7 @@ commas (providers). Each variable has one meaning across commands:
 ``DQE_BATCH_WORKERS``    concurrent inference batches of the server's dynamic batcher
 ``DQE_TOKEN``            the bearer token (server: expected; client: sent)
 ``DQE_DEADLINE_S``       client-side deadline of one call, retries included
+``DQE_ALPHA``            the QC gate's significance level (gate, score --gate, batch, serve); 0 = default
 =======================  ===================================================================
 """
 
@@ -179,6 +180,28 @@ class BatchSettings(Settings):
             )
 
 
+def _check_alpha_setting(alpha: float) -> None:
+    """0 (the gate configuration's default) or strictly between 0 and 1."""
+    if alpha != 0.0 and not (0.0 < alpha < 1.0):
+        raise InvalidInput(f"alpha is {alpha}; expected 0 < alpha < 1 (or 0 for the default)", field="alpha")
+
+
+@dataclass(frozen=True)
+class GateSettings(Settings):
+    """How the QC gate decides (``dqe gate``, ``dqe score --gate``, ``dqe batch``).
+
+    Attributes:
+        alpha: significance level of the gate's conformal rule (flag when the combined p-value is <= alpha);
+            0 leaves the gate configuration's default. Checked against the calibration's smallest supported
+            level when the gate configuration is built (:func:`dqe.models.qc.alpha.check_alpha`).
+    """
+
+    alpha: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_alpha_setting(self.alpha)
+
+
 @dataclass(frozen=True)
 class ServerConfig(Settings):
     """How ``dqe serve`` runs.
@@ -240,6 +263,8 @@ class ServerConfig(Settings):
         log_level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``.
         model_id, providers, precision, backend, intra_op_threads: engine settings (see
             ``dqe.service.engine.EngineConfig``).
+        alpha: the QC gate's default significance level for calls whose ``ScoreOptions.alpha`` is unset
+            (0 = the gate configuration's).
     """
 
     host: str = "0.0.0.0"
@@ -284,8 +309,10 @@ class ServerConfig(Settings):
     precision: str = "fp32"
     backend: str = "auto"
     intra_op_threads: int = 0
+    alpha: float = 0.0
 
     def __post_init__(self) -> None:
+        _check_alpha_setting(self.alpha)
         positive = (
             "max_message_mb",
             "handler_threads",

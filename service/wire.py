@@ -6,13 +6,14 @@ and the core's result types only (no grpc, no engine).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from dqe.models.errors import DQEError, InvalidInput
-from dqe.models.qc.types import Check, GateResult, Verdict
+from dqe.models.qc.types import Check, EvidenceSlice, GateResult, PredictedDice, RegionResult, Verdict
 from dqe.models.result import ScoreResult
 from dqe.service._proto import quality_estimation_pb2 as pb
 
@@ -23,28 +24,93 @@ _SEVERITY_NAMES = {v: k for k, v in _SEVERITIES.items()}
 _DTYPES: dict[int, np.dtype[Any]] = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_FLOAT16: np.dtype("<f2")}
 
 
+def _verdict(value: Any) -> Any:
+    return _VERDICTS.get(str(getattr(value, "value", value)), pb.VERDICT_UNSPECIFIED)
+
+
+def check_to_proto(c: Any) -> pb.QCCheck:
+    """A :class:`dqe.models.qc.types.Check` as a ``QCCheck`` (``p_value`` set only when the check has one)."""
+    msg = pb.QCCheck(
+        name=c.name,
+        value=float(c.value),
+        threshold=float(c.threshold),
+        passed=bool(c.passed),
+        severity=_SEVERITIES.get(str(c.severity), pb.SEVERITY_UNSPECIFIED),
+        message=c.message,
+        unit=c.unit,
+        region=str(getattr(c, "region", "") or ""),
+        family=str(getattr(c, "family", "") or ""),
+    )
+    p = getattr(c, "p_value", None)
+    if p is not None:
+        msg.p_value = float(p)
+    return msg
+
+
+def region_to_proto(r: RegionResult) -> pb.QCRegion:
+    """A :class:`dqe.models.qc.types.RegionResult` as a ``QCRegion``."""
+    msg = pb.QCRegion(
+        region=r.region,
+        verdict=_verdict(r.verdict),
+        p_value=float(r.p_value),
+        checks=[check_to_proto(c) for c in r.checks],
+        evidence_slices=[
+            pb.EvidenceSlice(axis=e.axis, index=int(e.index), strength=float(e.strength))
+            for e in r.evidence_slices
+        ],
+    )
+    if r.predicted_dice is not None:
+        d = r.predicted_dice
+        msg.predicted_dice.CopyFrom(
+            pb.PredictedDice(
+                dice=float(d.dice), low=float(d.low), high=float(d.high), coverage=float(d.coverage)
+            )
+        )
+    if r.consensus_dice is not None:
+        msg.consensus_dice = float(r.consensus_dice)
+    return msg
+
+
+_CALIBRATION_KEYS = ("size", "min_alpha", "sites", "description")
+
+
+def calibration_to_proto(cal: Mapping[str, Any]) -> pb.QCCalibration:
+    """The gate's calibration record as ``QCCalibration``: ``size`` (or ``n``), ``min_alpha``, ``sites``,
+    ``description``; every other key goes to ``extra`` as JSON text."""
+    size = cal.get("size", cal.get("n"))
+    msg = pb.QCCalibration(
+        size=int(size) if isinstance(size, int | float) else 0,
+        min_alpha=float(cal.get("min_alpha") or 0.0),
+        sites=[str(s) for s in (cal.get("sites") or [])],
+        description=str(cal.get("description") or ""),
+    )
+    for key, value in cal.items():
+        if key not in (*_CALIBRATION_KEYS, "n"):
+            msg.extra[str(key)] = (
+                value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+            )
+    return msg
+
+
 def gate_to_proto(gate: Any) -> pb.QCGate:
-    """A :class:`dqe.models.qc.types.GateResult` as a ``QCGate`` message."""
-    verdict = getattr(gate.verdict, "value", gate.verdict)
+    """A :class:`dqe.models.qc.types.GateResult` as a ``QCGate`` message (new fields only when present)."""
     msg = pb.QCGate(
-        verdict=_VERDICTS.get(str(verdict), pb.VERDICT_UNSPECIFIED),
+        verdict=_verdict(gate.verdict),
         gate_score=float(gate.gate_score),
         reasons=[str(r) for r in gate.reasons],
         star_threshold=float(getattr(gate, "star_threshold", 0.0)),
         elapsed_ms=float(getattr(gate, "elapsed_ms", 0.0)),
+        checks=[check_to_proto(c) for c in gate.checks],
+        combination=str(getattr(gate, "combination", "") or ""),
+        regions=[region_to_proto(r) for r in getattr(gate, "regions", [])],
     )
-    for c in gate.checks:
-        msg.checks.append(
-            pb.QCCheck(
-                name=c.name,
-                value=float(c.value),
-                threshold=float(c.threshold),
-                passed=bool(c.passed),
-                severity=_SEVERITIES.get(str(c.severity), pb.SEVERITY_UNSPECIFIED),
-                message=c.message,
-                unit=c.unit,
-            )
-        )
+    for name in ("alpha", "p_value"):
+        value = getattr(gate, name, None)
+        if value is not None:
+            setattr(msg, name, float(value))
+    cal = getattr(gate, "calibration", None)
+    if cal:
+        msg.calibration.CopyFrom(calibration_to_proto(cal))
     return msg
 
 
@@ -108,27 +174,69 @@ def error_to_proto(exc: DQEError) -> pb.ItemError:
     return pb.ItemError(code=exc.code, kind=exc.kind, field=exc.field or "", message=exc.message)
 
 
+def check_from_proto(c: pb.QCCheck) -> Check:
+    """A :class:`Check` from a ``QCCheck`` (``p_value`` ``None`` when unset)."""
+    return Check(
+        name=c.name,
+        value=c.value,
+        threshold=c.threshold,
+        passed=c.passed,
+        severity=_SEVERITY_NAMES.get(c.severity, "unspecified"),
+        message=c.message,
+        unit=c.unit,
+        region=c.region,
+        family=c.family,
+        p_value=c.p_value if c.HasField("p_value") else None,
+    )
+
+
+def region_from_proto(r: pb.QCRegion) -> RegionResult:
+    """A :class:`RegionResult` from a ``QCRegion``."""
+    pdice = None
+    if r.HasField("predicted_dice"):
+        d = r.predicted_dice
+        pdice = PredictedDice(region=r.region, dice=d.dice, low=d.low, high=d.high, coverage=d.coverage)
+    return RegionResult(
+        region=r.region,
+        verdict=Verdict(_VERDICT_NAMES.get(r.verdict, "review")),
+        p_value=r.p_value,
+        checks=[check_from_proto(c) for c in r.checks],
+        predicted_dice=pdice,
+        evidence_slices=[EvidenceSlice(e.axis, int(e.index), e.strength) for e in r.evidence_slices],
+        consensus_dice=r.consensus_dice if r.HasField("consensus_dice") else None,
+    )
+
+
+def calibration_from_proto(msg: pb.QCCalibration) -> dict[str, Any]:
+    """The calibration record (inverse of :func:`calibration_to_proto`; ``extra`` values parsed as JSON)."""
+    out: dict[str, Any] = {
+        "size": int(msg.size),
+        "min_alpha": msg.min_alpha,
+        "sites": list(msg.sites),
+        "description": msg.description,
+    }
+    for key, text in msg.extra.items():
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
+
+
 def gate_from_proto(msg: pb.QCGate) -> GateResult:
     """A :class:`dqe.models.qc.types.GateResult` from a ``QCGate`` message."""
-    checks = [
-        Check(
-            name=c.name,
-            value=c.value,
-            threshold=c.threshold,
-            passed=c.passed,
-            severity=_SEVERITY_NAMES.get(c.severity, "unspecified"),
-            message=c.message,
-            unit=c.unit,
-        )
-        for c in msg.checks
-    ]
     return GateResult(
         verdict=Verdict(_VERDICT_NAMES.get(msg.verdict, "review")),
         gate_score=msg.gate_score,
         reasons=list(msg.reasons),
-        checks=checks,
+        checks=[check_from_proto(c) for c in msg.checks],
         star_threshold=msg.star_threshold,
         elapsed_ms=msg.elapsed_ms,
+        alpha=msg.alpha if msg.HasField("alpha") else None,
+        p_value=msg.p_value if msg.HasField("p_value") else None,
+        combination=msg.combination,
+        regions=[region_from_proto(r) for r in msg.regions],
+        calibration=calibration_from_proto(msg.calibration) if msg.HasField("calibration") else {},
     )
 
 

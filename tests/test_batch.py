@@ -157,9 +157,10 @@ def test_rerun_skips_done_and_rescored_changed_file(
         )
     finally:
         os.utime(seg, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert (third.skipped, third.scored_now) == (8, 1)
+    # Every team of that case is scored again: each one's consensus Dice depends on beta's segmentation.
+    assert (third.skipped, third.scored_now) == (6, 3)
     lines = _journal_lines(out)
-    assert len(lines) == 10 and (lines[-1]["case"], lines[-1]["team"]) == (CASES[2], "beta")
+    assert len(lines) == 12 and {(r["case"], r["team"]) for r in lines[-3:]} == {(CASES[2], t) for t in TEAMS}
     import pandas as pd
 
     assert len(pd.read_csv(out / "scores.csv")) == 9
@@ -247,7 +248,7 @@ def test_gate_verdicts_flow_into_records_and_summary(
 
     seen = []
 
-    def evaluate_case(case, result):
+    def evaluate_case(case, result, config=None, *, consensus=None):
         seen.append((case.case_id, result.mean_stars))
         verdict = Verdict.PASS if result.mean_stars >= 5.6 else Verdict.REVIEW
         reasons = [] if verdict is Verdict.PASS else [f"stars {result.mean_stars:.2f} below 5.6"]

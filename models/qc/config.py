@@ -104,6 +104,7 @@ class GateConfig:
     enhancement_z: float = 2.0
     unlabelled_enhancement_review_ml: float = 2.0
     expected_grid: tuple[int, int, int] = EXPECTED_GRID
+    alpha: float = 0.05
 
     def __post_init__(self) -> None:
         if self.step < 1:

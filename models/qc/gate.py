@@ -18,8 +18,10 @@ The gate only reads the :class:`~dqe.service.engine.ScoreResult`; it never chang
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from dqe.models.qc.checks import FAIL, REVIEW, run_case_checks, stars, view_spread
@@ -71,13 +73,21 @@ def _reasons(checks: list[Check]) -> list[str]:
     return [f"{c.severity}: {c.name}: {c.message}" for c in failed]
 
 
-def evaluate_case(case: Case, result: ScoreResult, config: GateConfig | None = None) -> GateResult:
+def evaluate_case(
+    case: Case,
+    result: ScoreResult,
+    config: GateConfig | None = None,
+    *,
+    consensus: Mapping[str, float] | None = None,
+) -> GateResult:
     """The gate's verdict for a scored case.
 
     Args:
         case: the validated case that was scored.
         result: its :class:`~dqe.service.engine.ScoreResult` (read only; the stars are never changed).
         config: thresholds; defaults documented in :mod:`dqe.models.qc.config`.
+        consensus: per region (``wt``/``tc``/``et``), Dice with the consensus of the other segmentations of
+            the same case (:mod:`dqe.models.qc.consensus`; batch only), attached to the region results.
 
     Returns:
         A :class:`GateResult` with verdict, ``gate_score`` (higher = more plausible), the reasons (failed
@@ -93,7 +103,7 @@ def evaluate_case(case: Case, result: ScoreResult, config: GateConfig | None = N
     verdict = verdict_of(checks)
     elapsed = (time.perf_counter() - t0) * 1e3
     logger.debug("gate %s: %s in %.1f ms", case.case_id, verdict.value, elapsed)
-    return GateResult(
+    gate = GateResult(
         verdict=verdict,
         gate_score=gate_score(verdict, checks, float(result.mean_stars)),
         reasons=_reasons(checks),
@@ -101,6 +111,10 @@ def evaluate_case(case: Case, result: ScoreResult, config: GateConfig | None = N
         star_threshold=cfg.star_threshold,
         elapsed_ms=elapsed,
     )
+    if consensus and gate.regions:
+        regions = [dataclasses.replace(r, consensus_dice=consensus.get(r.region)) for r in gate.regions]
+        gate = dataclasses.replace(gate, regions=regions)
+    return gate
 
 
 def empty_segmentation_result(message: str, config: GateConfig | None = None) -> GateResult:

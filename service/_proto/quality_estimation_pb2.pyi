@@ -69,10 +69,12 @@ class ServerPaths(_message.Message):
     def __init__(self, case_dir: _Optional[str] = ..., t1c: _Optional[str] = ..., t1: _Optional[str] = ..., t2: _Optional[str] = ..., flair: _Optional[str] = ..., segmentation: _Optional[str] = ...) -> None: ...
 
 class ScoreOptions(_message.Message):
-    __slots__ = ("run_gate",)
+    __slots__ = ("run_gate", "alpha")
     RUN_GATE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
     run_gate: bool
-    def __init__(self, run_gate: _Optional[bool] = ...) -> None: ...
+    alpha: float
+    def __init__(self, run_gate: _Optional[bool] = ..., alpha: _Optional[float] = ...) -> None: ...
 
 class ScoreCaseRequest(_message.Message):
     __slots__ = ("case_id", "files", "paths", "options")
@@ -151,7 +153,7 @@ class ModelRef(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., model_sha256: _Optional[str] = ..., backend: _Optional[str] = ..., providers: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ...) -> None: ...
 
 class QCCheck(_message.Message):
-    __slots__ = ("name", "value", "threshold", "passed", "severity", "message", "unit")
+    __slots__ = ("name", "value", "threshold", "passed", "severity", "message", "unit", "region", "family", "p_value")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +161,9 @@ class QCCheck(_message.Message):
     SEVERITY_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
     name: str
     value: float
     threshold: float
@@ -166,23 +171,97 @@ class QCCheck(_message.Message):
     severity: Severity
     message: str
     unit: str
-    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., passed: _Optional[bool] = ..., severity: _Optional[_Union[Severity, str]] = ..., message: _Optional[str] = ..., unit: _Optional[str] = ...) -> None: ...
+    region: str
+    family: str
+    p_value: float
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., threshold: _Optional[float] = ..., passed: _Optional[bool] = ..., severity: _Optional[_Union[Severity, str]] = ..., message: _Optional[str] = ..., unit: _Optional[str] = ..., region: _Optional[str] = ..., family: _Optional[str] = ..., p_value: _Optional[float] = ...) -> None: ...
+
+class PredictedDice(_message.Message):
+    __slots__ = ("dice", "low", "high", "coverage")
+    DICE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    COVERAGE_FIELD_NUMBER: _ClassVar[int]
+    dice: float
+    low: float
+    high: float
+    coverage: float
+    def __init__(self, dice: _Optional[float] = ..., low: _Optional[float] = ..., high: _Optional[float] = ..., coverage: _Optional[float] = ...) -> None: ...
+
+class EvidenceSlice(_message.Message):
+    __slots__ = ("axis", "index", "strength")
+    AXIS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    axis: str
+    index: int
+    strength: float
+    def __init__(self, axis: _Optional[str] = ..., index: _Optional[int] = ..., strength: _Optional[float] = ...) -> None: ...
+
+class QCRegion(_message.Message):
+    __slots__ = ("region", "verdict", "p_value", "checks", "predicted_dice", "evidence_slices", "consensus_dice")
+    REGION_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_DICE_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_SLICES_FIELD_NUMBER: _ClassVar[int]
+    CONSENSUS_DICE_FIELD_NUMBER: _ClassVar[int]
+    region: str
+    verdict: Verdict
+    p_value: float
+    checks: _containers.RepeatedCompositeFieldContainer[QCCheck]
+    predicted_dice: PredictedDice
+    evidence_slices: _containers.RepeatedCompositeFieldContainer[EvidenceSlice]
+    consensus_dice: float
+    def __init__(self, region: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., p_value: _Optional[float] = ..., checks: _Optional[_Iterable[_Union[QCCheck, _Mapping]]] = ..., predicted_dice: _Optional[_Union[PredictedDice, _Mapping]] = ..., evidence_slices: _Optional[_Iterable[_Union[EvidenceSlice, _Mapping]]] = ..., consensus_dice: _Optional[float] = ...) -> None: ...
+
+class QCCalibration(_message.Message):
+    __slots__ = ("size", "min_alpha", "sites", "description", "extra")
+    class ExtraEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MIN_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    min_alpha: float
+    sites: _containers.RepeatedScalarFieldContainer[str]
+    description: str
+    extra: _containers.ScalarMap[str, str]
+    def __init__(self, size: _Optional[int] = ..., min_alpha: _Optional[float] = ..., sites: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class QCGate(_message.Message):
-    __slots__ = ("verdict", "gate_score", "reasons", "checks", "star_threshold", "elapsed_ms")
+    __slots__ = ("verdict", "gate_score", "reasons", "checks", "star_threshold", "elapsed_ms", "alpha", "p_value", "combination", "regions", "calibration")
     VERDICT_FIELD_NUMBER: _ClassVar[int]
     GATE_SCORE_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     CHECKS_FIELD_NUMBER: _ClassVar[int]
     STAR_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    P_VALUE_FIELD_NUMBER: _ClassVar[int]
+    COMBINATION_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     verdict: Verdict
     gate_score: float
     reasons: _containers.RepeatedScalarFieldContainer[str]
     checks: _containers.RepeatedCompositeFieldContainer[QCCheck]
     star_threshold: float
     elapsed_ms: float
-    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., gate_score: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ..., checks: _Optional[_Iterable[_Union[QCCheck, _Mapping]]] = ..., star_threshold: _Optional[float] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
+    alpha: float
+    p_value: float
+    combination: str
+    regions: _containers.RepeatedCompositeFieldContainer[QCRegion]
+    calibration: QCCalibration
+    def __init__(self, verdict: _Optional[_Union[Verdict, str]] = ..., gate_score: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ..., checks: _Optional[_Iterable[_Union[QCCheck, _Mapping]]] = ..., star_threshold: _Optional[float] = ..., elapsed_ms: _Optional[float] = ..., alpha: _Optional[float] = ..., p_value: _Optional[float] = ..., combination: _Optional[str] = ..., regions: _Optional[_Iterable[_Union[QCRegion, _Mapping]]] = ..., calibration: _Optional[_Union[QCCalibration, _Mapping]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("case_id", "mean_stars", "views", "center_of_mass", "warnings", "model", "timings_ms", "gate", "request_id")

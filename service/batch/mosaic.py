@@ -13,7 +13,7 @@ is built as indices with NumPy and written by Pillow (a matplotlib dependency) w
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -114,6 +114,60 @@ def render_mosaic(
         draw.text((j * (pw + GAP) + 4, 1), name, fill=white)
     for i, view in enumerate(views):
         draw.text((4, HEADER + i * (ph + GAP) + 3), view, fill=white)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+EVIDENCE_IMAGE = {"wt": "flair", "tc": "t1c", "et": "t1c"}  # where each region's protocol evidence is seen
+
+
+def render_evidence(
+    images: Mapping[str, object],
+    labels: np.ndarray,
+    regions: Sequence[object],
+    image_names: Sequence[str] = ("t1c", "t1", "t2", "flair"),
+) -> bytes | None:
+    """PNG bytes of the slices where the gate's evidence against each region is strongest, or ``None``.
+
+    One row per region with evidence slices (:class:`dqe.models.qc.types.RegionResult`), one panel per
+    slice (its view through its index), the label overlay drawn over the image the region is judged on
+    (FLAIR for the whole tumour, T1c for core and enhancing tumour). ``images`` maps names to sliceable
+    volumes.
+    """
+    from PIL import Image, ImageDraw
+
+    rows: list[tuple[str, list[tuple[str, np.ndarray]]]] = []
+    for reg in regions:
+        slices = list(getattr(reg, "evidence_slices", []))
+        name = str(getattr(reg, "region", ""))
+        image = images.get(EVIDENCE_IMAGE.get(name, "flair"), images.get(image_names[-1]))
+        if not slices or image is None:
+            continue
+        panels = []
+        for s in slices:
+            com = [0, 0, 0]
+            com[{"sagittal": 0, "coronal": 1, "axial": 2}[s.axis]] = int(s.index)
+            grey = np.rot90(_window(take_slice(image, s.axis, com)))  # type: ignore[arg-type]
+            lab = np.rot90(take_slice(labels, s.axis, com))
+            panels.append((f"{s.axis} {s.index}", _indices(grey, lab)))
+        rows.append((f"{name} ({EVIDENCE_IMAGE.get(name, 'flair')})", panels))
+    if not rows:
+        return None
+    ph = max(p.shape[0] for _, r in rows for _, p in r)
+    pw = max(p.shape[1] for _, r in rows for _, p in r)
+    ncol = max(len(r) for _, r in rows)
+    canvas = np.full((len(rows) * (HEADER + ph + GAP), ncol * (pw + GAP)), 6, dtype=np.uint8)
+    img = Image.fromarray(canvas, mode="P")
+    img.putpalette(PALETTE.ravel().tolist())
+    draw = ImageDraw.Draw(img)
+    for i, (title, panels) in enumerate(rows):
+        y = i * (HEADER + ph + GAP)
+        for j, (caption, panel) in enumerate(panels):
+            img.paste(Image.fromarray(_pad(panel, (ph, pw), 0), mode="P"), (j * (pw + GAP), y + HEADER))
+            draw.text(
+                (j * (pw + GAP) + 4, y + 1), f"{title}: {caption}" if j == 0 else caption, fill=LEVELS - 1
+            )
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()

@@ -40,6 +40,7 @@ from dqe.service.batch.scoring import load_gate, score_prepared
 from dqe.service.engine import Engine
 
 if TYPE_CHECKING:
+    from dqe.models.qc.config import GateConfig
     from dqe.service.engine import EngineConfig
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class ScorerActor:
         workers: decoding threads inside the actor.
         extra: fields copied into every record.
         env: environment variables to set before the engine loads (``DQE_HOME``).
+        gate_config: the gate's configuration; evidence_dir: where its NIfTI maps go (``None``: none).
     """
 
     def __init__(
@@ -65,13 +67,15 @@ class ScorerActor:
         workers: int,
         extra: dict[str, Any],
         env: dict[str, str] | None = None,
+        gate_config: GateConfig | None = None,
+        evidence_dir: str | None = None,
     ) -> None:
         for key, value in (env or {}).items():
             os.environ.setdefault(key, value)
 
         self.engine = Engine(engine_config)
         self.options = PrepareOptions(**options)
-        self.gate = load_gate() if gate else None
+        self.gate = load_gate(gate_config, evidence_dir) if gate else None
         self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="dqe-ray")
         self.extra = extra
 
@@ -81,8 +85,9 @@ class ScorerActor:
             spec = CaseSpec.from_json(str(text))
             prepared = prepare_case(spec, self.engine, self.pool, self.options)
             for rec in score_prepared(self.engine, prepared, self.gate, self.pool, self.extra):
-                png = rec.pop("_png", None)
-                rec["_png_b64"] = base64.b64encode(png).decode() if png else None
+                for key in ("_png", "_evidence_png"):
+                    png = rec.pop(key, None)
+                    rec[key + "_b64"] = base64.b64encode(png).decode() if png else None
                 out.append(json.dumps(rec))
         return {"record": np.asarray(out, dtype=object)}
 
@@ -110,6 +115,8 @@ def run_ray(
     concurrency: int = 1,
     extra: dict[str, Any] | None = None,
     address: str | None = None,
+    gate_config: GateConfig | None = None,
+    evidence_dir: str | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Yield batches of records as actors finish cases (order not guaranteed).
 
@@ -122,6 +129,8 @@ def run_ray(
         concurrency: number of actors (one GPU each when the cluster has GPUs).
         extra: fields copied into every record.
         address: Ray address; default ``RAY_ADDRESS`` or a new local instance.
+        gate_config: the gate's configuration (default thresholds and alpha when ``None``).
+        evidence_dir: folder for the gate's NIfTI disagreement maps (shared storage with a cluster).
     """
     import ray
 
@@ -143,6 +152,8 @@ def run_ray(
                 "workers": workers,
                 "extra": extra or {},
                 "env": env,
+                "gate_config": gate_config,
+                "evidence_dir": evidence_dir,
             },
             batch_size=1,
             batch_format="numpy",
@@ -154,8 +165,9 @@ def run_ray(
             records = []
             for text in batch["record"]:
                 rec = json.loads(str(text))
-                b64 = rec.pop("_png_b64", None)
-                rec["_png"] = base64.b64decode(b64) if b64 else None
+                for key in ("_png", "_evidence_png"):
+                    b64 = rec.pop(key + "_b64", None)
+                    rec[key] = base64.b64decode(b64) if b64 else None
                 records.append(rec)
             yield records
     finally:

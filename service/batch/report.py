@@ -150,8 +150,33 @@ def _card(r: Any, rank: int, png_dir: Path) -> str:
     png = png_dir / r["png"] if r["png"] else None
     if png is not None and png.is_file():
         parts.append(_img(png.read_bytes(), f"{r['case']} {r['team']} views"))
+    parts.append(_evidence(r, png_dir))
     parts.append("</div>")
     return "".join(parts)
+
+
+def _evidence(r: Any, png_dir: Path) -> str:
+    """Per-region verdicts, consensus Dice and the evidence panels of one row ("" when it has none)."""
+    facts = []
+    for region in ("wt", "tc", "et"):
+        bits = []
+        verdict = r.get(f"verdict_{region}", "")
+        if isinstance(verdict, str) and verdict:
+            bits.append(html.escape(verdict))
+        cons = r.get(f"consensus_dice_{region}")
+        if cons is not None and cons == cons:
+            bits.append(f"consensus Dice {_fmt(cons, 2)}")
+        where = r.get(f"evidence_{region}", "")
+        if isinstance(where, str) and where:
+            bits.append(f"strongest evidence at {html.escape(where)}")
+        if bits:
+            facts.append(f"<li>{region.upper()}: {', '.join(bits)}</li>")
+    out = f'<ul class="muted">{"".join(facts)}</ul>' if facts else ""
+    name = r.get("evidence_png", "")
+    png = png_dir / name if isinstance(name, str) and name else None
+    if png is not None and png.is_file():
+        out += _img(png.read_bytes(), f"{r['case']} {r['team']} evidence slices")
+    return out
 
 
 def _plots(df: pd.DataFrame, png_dir: Path) -> list[str]:
@@ -206,7 +231,8 @@ def render_report(df: pd.DataFrame, summary: dict[str, Any], out_dir: Path, max_
     legend = (
         '<p class="legend">overlay:<span style="background:#ff0000"></span>necrosis (1)'
         '<span style="background:#ffe600"></span>enhancing tumour (3/4)<span style="background:#00c800"></span>edema (2)'
-        " &middot; rows: axial, coronal, sagittal through the tumour core's centre of mass</p>"
+        " &middot; rows: axial, coronal, sagittal through the tumour core's centre of mass; evidence panels: per "
+        "region the slices where segmentation and images disagree most (WT on FLAIR, TC/ET on T1c)</p>"
     )
     body = [
         "<h1>DQE batch report</h1>",

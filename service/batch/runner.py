@@ -20,6 +20,7 @@ from typing import Any
 
 from dqe.models.artifacts import ensure_model
 from dqe.models.errors import InvalidInput
+from dqe.models.qc.alpha import with_alpha
 from dqe.service.batch.dataset import CaseSpec, Dataset, discover_dataset
 from dqe.service.batch.journal import Journal
 from dqe.service.batch.pipeline import run_local
@@ -52,6 +53,11 @@ class BatchOptions:
         report_images: how many of the worst segmentations get their views in ``report.html``.
         progress: tqdm progress bar on stderr.
         label_convention: how the segmentations' labels are read (:mod:`dqe.models.labels`; ``auto``).
+        consensus: per-region Dice of each segmentation with the consensus of the other teams' (cases with
+            >= 3 scored teams; :mod:`dqe.models.qc.consensus`); a case with any pending team is then
+            re-scored in full, because every team's consensus depends on the others.
+        alpha: the gate's significance level (``None``: the gate configuration's default).
+        evidence_dir: write each gated segmentation's disagreement map there as NIfTI (``None``: no maps).
     """
 
     engine: str = "local"
@@ -65,6 +71,9 @@ class BatchOptions:
     report_images: int = 100
     progress: bool = True
     label_convention: str = "auto"
+    consensus: bool = True
+    alpha: float | None = None
+    evidence_dir: str | None = None
 
 
 @dataclass
@@ -92,10 +101,17 @@ class BatchOutcome:
         }
 
 
-def _pending(dataset: Dataset, journal: Journal) -> tuple[list[CaseSpec], int]:
+def _pending(dataset: Dataset, journal: Journal, whole_cases: bool = False) -> tuple[list[CaseSpec], int]:
+    """Cases with their jobs still to score, and how many jobs are skipped.
+
+    With ``whole_cases`` (consensus on) a case with any pending job is scored again with all its jobs: the
+    consensus of each team depends on every other team's segmentation of that case.
+    """
     specs, skipped = [], 0
     for spec in dataset.cases:
         todo = [j for j in spec.jobs if not journal.done(j.case_id, j.team, j.input_key)]
+        if todo and whole_cases and len(spec.jobs) > 1:
+            todo = list(spec.jobs)
         skipped += len(spec.jobs) - len(todo)
         if todo:
             specs.append(spec.with_jobs(todo))
@@ -117,12 +133,13 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
 
 
 def _store_png(rec: dict[str, Any], png_dir: Path) -> None:
-    data = rec.pop("_png", None)
-    rec["png"] = ""
-    if data:
-        name = safe_name(rec["case"], rec["team"]) + ".png"
-        atomic_write_bytes(png_dir / name, data)
-        rec["png"] = name
+    for key, suffix in (("png", ".png"), ("evidence_png", "_evidence.png")):
+        data = rec.pop("_" + key, None)
+        rec[key] = ""
+        if data:
+            name = safe_name(rec["case"], rec["team"]) + suffix
+            atomic_write_bytes(png_dir / name, data)
+            rec[key] = name
 
 
 def run_batch(
@@ -153,7 +170,8 @@ def run_batch(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     artifacts = ensure_model(cfg.model_id)
-    gate_fn = load_gate() if opts.gate else None
+    gate_cfg = with_alpha(opts.alpha)
+    gate_fn = load_gate(gate_cfg, opts.evidence_dir) if opts.gate else None
     use_gate = gate_fn is not None
     extra: dict[str, Any] = {}
     key_extra = {
@@ -161,15 +179,20 @@ def run_batch(
         "precision": cfg.precision,
         "gate": use_gate,
         "nsd_tolerance_mm": opts.nsd_tolerance_mm,
+        "consensus": opts.consensus,
+        **({"alpha": opts.alpha} if opts.alpha is not None else {}),
+        **({"evidence_dir": str(Path(opts.evidence_dir).resolve())} if opts.evidence_dir else {}),
     }
     dataset = discover_dataset(
         cases_dir, submission_dirs, labels_dir, key_extra=key_extra, label_convention=opts.label_convention
     )
     journal = Journal(out / JOURNAL_NAME)
-    specs, skipped = _pending(dataset, journal)
+    specs, skipped = _pending(dataset, journal, whole_cases=opts.consensus)
     total = len(dataset.jobs)
     logger.info("%d segmentations, %d already done, %d to score", total, skipped, total - skipped)
-    prep = PrepareOptions(keep_case=use_gate, mosaic=opts.images, nsd_tolerance_mm=opts.nsd_tolerance_mm)
+    prep = PrepareOptions(
+        keep_case=use_gate or opts.consensus, mosaic=opts.images, nsd_tolerance_mm=opts.nsd_tolerance_mm
+    )
     scored_now = 0
     t_run = time.perf_counter()
     with _progress(total, skipped, opts.progress) as bar:
@@ -202,6 +225,8 @@ def _engine_stream(
             cfg,
             prep,
             gate=opts.gate,
+            gate_config=with_alpha(opts.alpha),
+            evidence_dir=opts.evidence_dir,
             workers=opts.workers,
             concurrency=opts.ray_concurrency,
             extra=extra,

@@ -25,6 +25,7 @@ TRAILING = (
     "com_z",
     "segmentation",
     "png",
+    "evidence_png",
     "model_id",
     "model_sha256",
     "precision",
@@ -32,6 +33,15 @@ TRAILING = (
     "input_key",
 )
 VERDICTS = ("pass", "review", "fail")
+REGIONS = ("wt", "tc", "et")
+CONSENSUS = tuple(f"consensus_dice_{r}" for r in REGIONS)
+GATE_NUMERIC = (
+    "gate_alpha",
+    "gate_p_value",
+    *(f"p_value_{r}" for r in REGIONS),
+    *(f"predicted_dice_{r}{s}" for r in REGIONS for s in ("", "_low", "_high")),
+)
+GATE_TEXT = ("gate_combination", *(f"verdict_{r}" for r in REGIONS), *(f"evidence_{r}" for r in REGIONS))
 
 
 def score_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
@@ -46,7 +56,7 @@ def score_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row = {
             k: v
             for k, v in rec.items()
-            if not k.startswith("_") and k not in ("com", "error_typed", "journal_version")
+            if not k.startswith("_") and k not in ("com", "error_typed", "journal_version", "evidence_slices")
         }
         com = rec.get("com") or [None, None, None]
         row["com_x"], row["com_y"], row["com_z"] = com
@@ -54,13 +64,28 @@ def score_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
             row[key] = "; ".join(rec.get(key) or [])
         rows.append(row)
     metrics = [c for c in metric_columns() if any(r.get(c) is not None for r in rows)]
-    columns = [*LEADING, *metrics, *TRAILING]
+    # consensus and per-region gate columns appear once some record has them (older journals lack them)
+    consensus = [c for c in CONSENSUS if any(c in r for r in rows)]
+    gate_num = [c for c in GATE_NUMERIC if any(c in r for r in rows)]
+    gate_text = [c for c in GATE_TEXT if any(c in r for r in rows)]
+    columns = [*LEADING, *metrics, *consensus, *gate_num, *gate_text, *TRAILING]
     df = pd.DataFrame(rows, columns=columns)
-    for col in ("mean_stars", *VIEWS, "gate_score", *metrics, "elapsed_ms"):
+    for col in gate_text:
+        df[col] = df[col].fillna("").astype(str)
+    for col in ("mean_stars", *VIEWS, "gate_score", *metrics, *consensus, *gate_num, "elapsed_ms"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     for col in ("com_x", "com_y", "com_z"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
-    for col in ("verdict", "error", "error_code", "gate_reasons", "warnings", "segmentation", "png"):
+    for col in (
+        "verdict",
+        "error",
+        "error_code",
+        "gate_reasons",
+        "warnings",
+        "segmentation",
+        "png",
+        "evidence_png",
+    ):
         df[col] = df[col].fillna("").astype(str)
     return df.sort_values(["case", "team"], kind="stable").reset_index(drop=True)
 
@@ -93,6 +118,8 @@ def team_summary(df: pd.DataFrame) -> dict[str, dict[str, Any]]:
         }
         if metrics:
             entry["metrics_mean"] = {m: _num(group[m].mean()) for m in metrics}
+        if all(c in group.columns for c in CONSENSUS):
+            entry["consensus_dice_mean"] = {r: _num(group[f"consensus_dice_{r}"].mean()) for r in REGIONS}
         out[str(team)] = entry
     return out
 

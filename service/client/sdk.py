@@ -19,6 +19,7 @@ import dqe.models.errors as errors
 from dqe.models.contract import FIELDS, PreprocessingContract
 from dqe.models.errors import DQEError, InvalidInput
 from dqe.models.preprocess import build_views
+from dqe.models.qc.alpha import with_alpha
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
 from dqe.service.client.errors import RemoteError, error_from_rpc, item_error
@@ -172,14 +173,22 @@ class DQEClient:
 
     # ------------------------------------------------------------------ request builders
     @staticmethod
+    def options(run_gate: bool = False, alpha: float | None = None) -> pb.ScoreOptions:
+        """``ScoreOptions``; ``alpha`` unset (``None``) leaves the server's default significance level."""
+        opts = pb.ScoreOptions(run_gate=run_gate)
+        if alpha is not None:
+            opts.alpha = float(alpha)
+        return opts
+
+    @staticmethod
     def bytes_request(
-        files: Mapping[str, bytes], case_id: str = "", run_gate: bool = False
+        files: Mapping[str, bytes], case_id: str = "", run_gate: bool = False, alpha: float | None = None
     ) -> pb.ScoreCaseRequest:
         """A ``ScoreCaseRequest`` carrying the five files' bytes (keys: t1c, t1, t2, flair, segmentation)."""
         return pb.ScoreCaseRequest(
             case_id=case_id,
             files=pb.NiftiFiles(**{f: files.get(f, b"") for f in FIELDS}),
-            options=pb.ScoreOptions(run_gate=run_gate),
+            options=DQEClient.options(run_gate, alpha),
         )
 
     @staticmethod
@@ -188,6 +197,7 @@ class DQEClient:
         *,
         case_id: str = "",
         run_gate: bool = False,
+        alpha: float | None = None,
         **files: str | os.PathLike[str] | None,
     ) -> pb.ScoreCaseRequest:
         """A ``ScoreCaseRequest`` naming files on the server (``case_dir`` and/or the five fields)."""
@@ -197,7 +207,7 @@ class DQEClient:
                 f"unknown file fields {sorted(unknown)}; expected {list(FIELDS)}", field=sorted(unknown)[0]
             )
         paths = pb.ServerPaths(case_dir=str(case_dir or ""), **{k: str(v) for k, v in files.items() if v})
-        return pb.ScoreCaseRequest(case_id=case_id, paths=paths, options=pb.ScoreOptions(run_gate=run_gate))
+        return pb.ScoreCaseRequest(case_id=case_id, paths=paths, options=DQEClient.options(run_gate, alpha))
 
     @staticmethod
     def views_request(
@@ -217,10 +227,13 @@ class DQEClient:
         *,
         case_id: str = "",
         run_gate: bool = False,
+        alpha: float | None = None,
         deadline_s: float | None = None,
     ) -> RemoteScore:
-        """Score a case from the bytes of its five NIfTI files (gzip or not)."""
-        response = self._call(self.stub.ScoreCase, self.bytes_request(files, case_id, run_gate), deadline_s)
+        """Score a case from the bytes of its five NIfTI files (gzip or not); ``alpha``: the gate's level
+        (``None``: the server's default)."""
+        request = self.bytes_request(files, case_id, run_gate, alpha)
+        response = self._call(self.stub.ScoreCase, request, deadline_s)
         return RemoteScore.from_proto(response)
 
     def score_files(
@@ -234,6 +247,7 @@ class DQEClient:
         case_id: str = "",
         run_gate: bool = False,
         local_slicing: bool = False,
+        alpha: float | None = None,
         deadline_s: float | None = None,
     ) -> RemoteScore:
         """Score local files: sent as bytes, or (``local_slicing``) sliced here and sent as views.
@@ -244,14 +258,14 @@ class DQEClient:
         paths = {"t1c": t1c, "t1": t1, "t2": t2, "flair": flair, "segmentation": segmentation}
         case_id = case_id or Path(segmentation).name.split(".")[0]
         if local_slicing:
-            return self._score_locally_sliced(paths, case_id, run_gate, deadline_s)
+            return self._score_locally_sliced(paths, case_id, run_gate, deadline_s, alpha)
         data = {}
         for name, p in paths.items():
             try:
                 data[name] = Path(p).read_bytes()
             except FileNotFoundError:
                 raise errors.NotFound(f"{name}: file {str(p)!r} does not exist", field=name) from None
-        return self.score_bytes(data, case_id=case_id, run_gate=run_gate, deadline_s=deadline_s)
+        return self.score_bytes(data, case_id=case_id, run_gate=run_gate, alpha=alpha, deadline_s=deadline_s)
 
     def score_paths(
         self,
@@ -259,11 +273,12 @@ class DQEClient:
         *,
         case_id: str = "",
         run_gate: bool = False,
+        alpha: float | None = None,
         deadline_s: float | None = None,
         **files: str | os.PathLike[str] | None,
     ) -> RemoteScore:
         """Score files on the server's storage (inside its ``--allowed-root`` folders)."""
-        request = self.paths_request(case_dir, case_id=case_id, run_gate=run_gate, **files)
+        request = self.paths_request(case_dir, case_id=case_id, run_gate=run_gate, alpha=alpha, **files)
         return RemoteScore.from_proto(self._call(self.stub.ScoreCase, request, deadline_s))
 
     def score_views(
@@ -417,6 +432,7 @@ class DQEClient:
         case_id: str,
         run_gate: bool,
         deadline_s: float | None,
+        alpha: float | None = None,
     ) -> RemoteScore:
         from dqe.models.case import Case  # lazy: decoding stack (nibabel, scipy) only where a case is decoded
 
@@ -437,13 +453,13 @@ class DQEClient:
         result.timings_ms.update({"local_decode": (t1 - t0) * 1e3, "local_preprocess": (t2 - t1) * 1e3})
         if run_gate:
             try:
-                from dqe.models.qc.gate import (  # lazy: NIfTI stack (scipy) loads only when a case is gated
-                    evaluate_case,  # lazy: decoding stack (nibabel, scipy) only where a case is decoded
+                from dqe.models.qc.regions import (  # lazy: NIfTI stack (scipy) loads only when a case is gated
+                    gate_with_evidence,  # lazy: decoding stack (nibabel, scipy) only where a case is decoded
                 )
             except ImportError as exc:
                 result.warnings.append(f"QC gate is not installed here ({exc}); gate fields left empty")
             else:
                 t3 = time.perf_counter()
-                result.gate = evaluate_case(case, result)
+                result.gate, _ = gate_with_evidence(case, result, with_alpha(alpha))
                 result.timings_ms["local_gate"] = (time.perf_counter() - t3) * 1e3
         return remote

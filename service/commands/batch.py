@@ -7,8 +7,11 @@ import argparse
 from dqe.models.errors import DQEError
 from dqe.service.commands.common import (
     EXIT_INVALID,
+    add_alpha_arg,
     add_engine_args,
+    add_evidence_arg,
     add_label_convention_arg,
+    alpha_arg,
     engine_config,
     error_payload,
     label_convention,
@@ -73,6 +76,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-images", action="store_true", help="do not render per-segmentation PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--consensus",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="per-region Dice of each team with the majority vote of the other teams (cases with >= 3 "
+        "teams), a column and a gate input; a case with any pending team is then re-scored in full "
+        "(default on)",
+    )
+    add_alpha_arg(p)
+    add_evidence_arg(p)
     add_engine_args(p)
     add_label_convention_arg(p)
     p.add_argument("--series-rules", metavar="JSON", help="DICOM studies: series selection rules")
@@ -108,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         workers = BatchSettings.from_sources({"decode_workers": args.decode_workers}).decode_workers
+        alpha = alpha_arg(args)
         options = BatchOptions(
             engine=args.engine,
             gate=args.gate,
@@ -120,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
             report_images=max(0, args.report_images),
             progress=not args.no_progress,
             label_convention=label_convention(args),
+            consensus=args.consensus,
+            alpha=alpha,
+            evidence_dir=args.evidence,
         )
         outcome = run_batch(
             args.cases_dir, args.submissions, args.out, args.labels, engine_config(args), options

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 from dqe.models.dicom import is_dicom_study_dir
 from dqe.models.errors import DQEError, InvalidInput
 from dqe.models.labels import CHOICES
+from dqe.models.qc.alpha import check_alpha, with_alpha
 from dqe.models.qc.config import GateConfig
-from dqe.service.settings import CaseSettings, ClientSettings, EngineSettings, Settings
+from dqe.service.settings import CaseSettings, ClientSettings, EngineSettings, GateSettings, Settings
 
 if TYPE_CHECKING:
     from dqe.models.case import Case
@@ -173,12 +174,73 @@ def add_star_threshold_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def gate_config(args: argparse.Namespace) -> GateConfig:
-    """The QC gate settings ``--star-threshold`` asks for."""
+def add_alpha_arg(parser: argparse.ArgumentParser) -> None:
+    """``--alpha A``: the QC gate's significance level (env ``DQE_ALPHA``)."""
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=None,
+        metavar="A",
+        help="QC gate significance level: flag when the combined conformal p-value is <= A (0 < A < 1, not "
+        "below the calibration's smallest supported level 1/(n+1); env DQE_ALPHA; default: the gate "
+        f"configuration's, {GateConfig().alpha:g})",
+    )
 
-    if getattr(args, "star_threshold", None) is None:
-        return GateConfig()
-    return GateConfig(star_threshold=args.star_threshold)
+
+def add_evidence_arg(parser: argparse.ArgumentParser) -> None:
+    """``--evidence DIR``: write the gate's disagreement maps as NIfTI."""
+    parser.add_argument(
+        "--evidence",
+        metavar="DIR",
+        default=None,
+        help="write a NIfTI map (float32, the segmentation's grid and affine) of where segmentation and "
+        "images disagree to DIR/<case>_evidence.nii.gz",
+    )
+
+
+def gate_case(
+    case: Case, result: Any, cfg: GateConfig, evidence_dir: str | None = None
+) -> tuple[Any, Path | None]:
+    """The gate result of a scored case with per-region evidence slices; with ``evidence_dir`` also the
+    disagreement map written there (its path; ``None`` when not asked for or not computable)."""
+    from dqe.models.qc.regions import (  # lazy: NIfTI stack (scipy) loads only when a case is gated
+        gate_with_evidence,
+    )
+    from dqe.service.evidence_io import (  # lazy: nibabel loads only when a case is gated
+        write_evidence_map,
+    )
+
+    gate, full = gate_with_evidence(case, result, cfg, full_map=evidence_dir is not None)
+    path = None
+    if full is not None and evidence_dir is not None:
+        path = write_evidence_map(case, full, evidence_dir, case.case_id)
+    return gate, path
+
+
+def gate_config(args: argparse.Namespace) -> GateConfig:
+    """The QC gate settings ``--star-threshold`` and ``--alpha`` (or ``DQE_ALPHA``) ask for.
+
+    Raises:
+        InvalidInput: alpha outside (0, 1) or below the calibration's smallest supported level.
+    """
+    cfg = GateConfig()
+    if getattr(args, "star_threshold", None) is not None:
+        cfg = dataclasses.replace(cfg, star_threshold=args.star_threshold)
+    return with_alpha(alpha_arg(args), cfg)
+
+
+def alpha_arg(args: argparse.Namespace) -> float | None:
+    """The significance level asked for: ``--alpha`` (must be 0 < A < 1), else ``DQE_ALPHA`` (0 = unset),
+    else ``None`` (the gate configuration's default). Range-checked; the calibration floor is checked where
+    the gate configuration is built.
+
+    Raises:
+        InvalidInput: out of range or not a number.
+    """
+    flag = getattr(args, "alpha", None)
+    if flag is not None:
+        return check_alpha(flag)
+    return GateSettings.from_sources({}).alpha or None
 
 
 def add_remote_args(parser: argparse.ArgumentParser) -> None:

@@ -10,12 +10,15 @@ from pathlib import Path
 from dqe.models.errors import DQEError, EmptySegmentation
 from dqe.service.commands.common import (
     EXIT_INVALID,
+    add_alpha_arg,
     add_case_args,
     add_engine_args,
+    add_evidence_arg,
     add_star_threshold_arg,
     dicom_study_dir,
     engine_config,
     error_payload,
+    gate_case,
     gate_config,
     load_case,
     print_json,
@@ -38,6 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_case_args(p)
     add_engine_args(p)
     add_star_threshold_arg(p)
+    add_alpha_arg(p)
+    add_evidence_arg(p)
     p.set_defaults(func=run)
 
     e = sub.add_parser(
@@ -72,12 +77,11 @@ def run(args: argparse.Namespace) -> int:
         EXIT_CODES,
         Verdict,
         empty_segmentation_result,
-        evaluate_case,
     )
 
     t0 = time.perf_counter()
-    cfg = gate_config(args)
     try:
+        cfg = gate_config(args)
         from dqe.service.engine import (  # lazy: onnxruntime + NIfTI stack load when a model is run, not when a command is parsed
             Engine,  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
         )
@@ -102,12 +106,14 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_FAIL
         t2 = time.perf_counter()
         result = engine.score_case(case)
-        result.gate = evaluate_case(case, result, cfg)
+        result.gate, evidence_file = gate_case(case, result, cfg, args.evidence)
         t3 = time.perf_counter()
     except DQEError as exc:
         print_json(error_payload(exc))
         return EXIT_INVALID
     out = result.to_dict()
+    if evidence_file is not None:
+        out["evidence_map"] = str(evidence_file)
     out["timings_ms"].update(
         {
             "engine_load": (t1 - t0) * 1e3,

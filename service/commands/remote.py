@@ -15,6 +15,7 @@ from dqe.models.errors import DQEError, InvalidInput
 from dqe.service.client import DQEClient
 from dqe.service.commands.common import (
     EXIT_INVALID,
+    alpha_arg,
     case_files,
     client_settings,
     error_payload,
@@ -71,22 +72,34 @@ def score_command(args: argparse.Namespace) -> int:
                 "(score without --server, or convert the segmentation first)",
                 field="label_convention",
             )
+        if getattr(args, "evidence", None):
+            raise InvalidInput(
+                "--evidence maps are written by local scoring only (score without --server)", field="evidence"
+            )
+        alpha = alpha_arg(args)
         with client_from_args(args) as client:
             if getattr(args, "remote_paths", False):
                 if args.case_dir and not all(getattr(args, f) for f in ("t1c", "t1", "t2", "flair", "seg")):
                     extra = {f: getattr(args, f) for f in ("t1c", "t1", "t2", "flair") if getattr(args, f)}
                     if args.seg:
                         extra["segmentation"] = args.seg
-                    remote = client.score_paths(args.case_dir, run_gate=args.gate, **extra)
+                    remote = client.score_paths(args.case_dir, run_gate=args.gate, alpha=alpha, **extra)
                 else:
                     files, case_id = _local_case_files(args)
-                    remote = client.score_paths(None, case_id=case_id, run_gate=args.gate, **files)  # type: ignore[arg-type]
+                    remote = client.score_paths(
+                        None,
+                        case_id=case_id,
+                        run_gate=args.gate,
+                        alpha=alpha,
+                        **files,  # type: ignore[arg-type]
+                    )
             else:
                 files, case_id = _local_case_files(args)
                 remote = client.score_files(
                     **files,  # type: ignore[arg-type]
                     case_id=case_id,
                     run_gate=args.gate,
+                    alpha=alpha,
                     local_slicing=bool(getattr(args, "views", False)),
                 )
     except DQEError as exc:

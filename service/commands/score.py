@@ -8,12 +8,16 @@ import time
 from dqe.models.errors import DQEError, InvalidInput
 from dqe.service.commands.common import (
     EXIT_INVALID,
+    add_alpha_arg,
     add_case_args,
     add_engine_args,
+    add_evidence_arg,
     add_remote_args,
     dicom_study_dir,
     engine_config,
     error_payload,
+    gate_case,
+    gate_config,
     load_case,
     print_json,
 )
@@ -36,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "another replica when one is unavailable",
     )
     p.add_argument("--gate", action="store_true", help="also run the QC gate and include its verdict")
+    add_alpha_arg(p)
+    add_evidence_arg(p)
     remote = p.add_argument_group("with --server")
     add_remote_args(remote)
     remote.add_argument(
@@ -81,6 +87,11 @@ def run(args: argparse.Namespace) -> int:
             Engine,  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
         )
 
+        cfg = gate_config(args) if args.gate else None
+        if args.evidence and cfg is None:
+            raise InvalidInput(
+                "--evidence needs --gate (the map is part of the gate's evidence)", field="evidence"
+            )
         engine = Engine(engine_config(args))
         t1 = time.perf_counter()
         if dicom_study_dir(args):
@@ -90,17 +101,16 @@ def run(args: argparse.Namespace) -> int:
         case = load_case(args)
         t2 = time.perf_counter()
         result = engine.score_case(case)
-        if args.gate:
-            from dqe.models.qc.gate import (  # lazy: NIfTI stack (scipy) loads only when a case is gated
-                evaluate_case,  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
-            )
-
-            result.gate = evaluate_case(case, result)
+        evidence_file = None
+        if cfg is not None:
+            result.gate, evidence_file = gate_case(case, result, cfg, args.evidence)
         t3 = time.perf_counter()
     except DQEError as exc:
         print_json(error_payload(exc))
         return EXIT_INVALID
     out = result.to_dict()
+    if evidence_file is not None:
+        out["evidence_map"] = str(evidence_file)
     out["timings_ms"].update(
         {"engine_load": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "total": (t3 - t0) * 1e3}
     )

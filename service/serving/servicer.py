@@ -11,6 +11,7 @@ raised as :class:`dqe.models.errors.DQEError` and mapped to status codes by the 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import json
 import threading
 import time
@@ -25,7 +26,9 @@ import numpy as np
 from dqe.models.case import FIELDS, Case
 from dqe.models.errors import CallCancelled, InvalidInput
 from dqe.models.nifti import DecodeLimits, Volume, decode_nifti, load_nifti_fd
-from dqe.models.qc.gate import evaluate_case
+from dqe.models.qc.alpha import check_alpha, with_alpha
+from dqe.models.qc.config import GateConfig
+from dqe.models.qc.regions import gate_with_evidence
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
 from dqe.service.dicom_scoring import score_instances
@@ -147,6 +150,7 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         source = request.WhichOneof("source")
         if source is None:
             raise InvalidInput("request has neither files nor paths; set one", field="source")
+        gate_cfg = self._gate_config(request.options) if request.options.run_gate else None
         # Bounded decode queue: refused at once when full, or when the wait it predicts exceeds the call's
         # deadline, instead of letting the caller wait for that deadline.
         # Slots the interceptor took: a decode slot when the call arrived, a receiving slot before it read the
@@ -180,7 +184,9 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         future.add_done_callback(done)
         prepared = call.wait(future, "decoding")
         del future
-        return self._finish(engine, prepared, call, start, run_gate=request.options.run_gate)
+        return self._finish(
+            engine, prepared, call, start, run_gate=request.options.run_gate, gate_cfg=gate_cfg
+        )
 
     def _score_views(self, request: pb.ScoreViewsRequest, call: CallInfo) -> pb.ScoreResponse:
         start = time.perf_counter()
@@ -280,8 +286,25 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         engine, _ = self.rt.ready()
         return engine.contract
 
+    def _gate_config(self, options: pb.ScoreOptions) -> GateConfig:
+        """The gate configuration of a call: ``options.alpha`` when set, else the server's ``DQE_ALPHA``.
+
+        Raises:
+            InvalidInput: alpha outside (0, 1) or below the calibration's smallest supported level.
+        """
+        server = with_alpha(self.rt.config.alpha)
+        if not options.HasField("alpha"):
+            return server
+        return dataclasses.replace(server, alpha=check_alpha(options.alpha, server))
+
     def _finish(
-        self, engine: Engine, prepared: _Prepared, call: CallInfo, start: float, run_gate: bool
+        self,
+        engine: Engine,
+        prepared: _Prepared,
+        call: CallInfo,
+        start: float,
+        run_gate: bool,
+        gate_cfg: GateConfig | None = None,
     ) -> pb.ScoreResponse:
         call.check("inference")
         stars, queue_ms, inference_ms = self._infer(prepared.views, call)
@@ -290,7 +313,7 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
         result = engine.result_from_stars(stars, prepared.com, prepared.warnings, timings, prepared.case_id)
         if run_gate and prepared.case is not None:
             t0 = time.perf_counter()
-            result.gate = evaluate_case(prepared.case, result)
+            result.gate, _ = gate_with_evidence(prepared.case, result, gate_cfg)
             result.timings_ms["gate"] = (time.perf_counter() - t0) * 1e3
         result.timings_ms["server_total"] = (time.perf_counter() - start) * 1e3
         return result_to_proto(result, model_ref(engine), current_request_id())
