@@ -85,7 +85,7 @@ class CompoundLoss(_Loss):
         self.dqe_weight = float(dqe_weight)
         self.dqe: torch.nn.Module | None = None
         if self.dqe_weight > 0:
-            from dqe.training.losses.dqe import DQELoss
+            from dqe.training.losses.dqe import DQELoss  # lazy: estimator loads only with a DQE term
 
             options = {"sigmoid": True, "regions": tuple(self.names), **dict(dqe or {})}
             self.dqe = DQELoss(**options)

@@ -17,8 +17,7 @@ from dqe.training.losses.sensitivity_specificity import SensitivitySpecificityLo
 
 
 def _dqe(**kwargs: Any) -> torch.nn.Module:
-    # The DQE term loads a 28 MB network: imported only when asked for.
-    from dqe.training.losses.dqe import DQELoss
+    from dqe.training.losses.dqe import DQELoss  # lazy: the frozen estimator loads only when asked for
 
     return DQELoss(**{"sigmoid": True, **kwargs})
 
