@@ -99,6 +99,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_parity_case_arg(p)
     p.set_defaults(func=run_publish)
     _register_seg_train(sub)
+    _register_curate(sub)
 
 
 def _add_run_args(parser: argparse.ArgumentParser, example: str) -> None:
@@ -128,6 +129,45 @@ def _register_seg_train(sub: argparse._SubParsersAction) -> None:
     )
     _add_run_args(s, "loss=channel_wise_weighted")
     s.set_defaults(func=run_seg_train)
+
+
+def _register_curate(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "curate",
+        help="rate every training case of a BraTS or nnU-Net dataset; keep/review/drop list and curated splits",
+        description="Scores each training case's label map with DQE and the QC gate (the batch scorer, resumable "
+        "on OUT/batch/journal.jsonl), decides keep / review / drop with reasons, and writes curation.csv, "
+        "splits_final.json (nnU-Net), datalist.json (MONAI) and summary.html. Prints the summary as JSON.",
+    )
+    c.add_argument(
+        "dataset", type=Path, help="BraTS folder of case folders, or an nnU-Net raw dataset folder"
+    )
+    c.add_argument(
+        "--out", type=Path, required=True, help="output folder (rerun with the same one to resume)"
+    )
+    c.add_argument("--drop-below", type=float, default=2.0, help="stars below which a case is dropped")
+    c.add_argument("--review-below", type=float, default=3.5, help="stars below which a case goes to review")
+    c.add_argument("--folds", type=int, default=5, help="folds in splits_final.json")
+    c.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    c.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    c.set_defaults(func=run_curate)
+
+
+def run_curate(args: argparse.Namespace) -> int:
+    from dqe.training.curate import (  # lazy: nibabel and the batch scorer load when the command runs
+        CurateOptions,
+        curate,
+    )
+
+    try:
+        if not 0 < args.drop_below <= args.review_below:
+            raise InvalidInput("expected 0 < --drop-below <= --review-below", field="drop_below")
+        opts = CurateOptions(args.drop_below, args.review_below, args.folds, args.seed)
+        summary = curate(args.dataset, args.out, opts, progress=args.progress)
+    except (DQEError, ValueError, OSError) as exc:
+        return _fail(exc)
+    print_json(summary)
+    return 0
 
 
 def run_seg_train(args: argparse.Namespace) -> int:

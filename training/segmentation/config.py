@@ -106,6 +106,10 @@ class SegTrainConfig:
             raise ValueError(
                 f"loss is {self.loss!r}; expected a registered name, {{name: ...}} or {{channels: ...}}"
             )
+        if any(int(g) % 8 for g in self.data.grid):
+            raise ValueError(
+                f"data.grid is {list(self.data.grid)}; every side must be a multiple of 8 (3 poolings)"
+            )
         if self.data.root is None and self.data.synthetic < 2:
             raise ValueError("data.root is null and data.synthetic < 2: no exams to train on")
         if self.train.epochs < 1 or self.train.batch_size < 1 or self.train.lr <= 0:
