@@ -162,7 +162,7 @@ def test_killed_run_restarts_without_losing_or_repeating(tmp_path):
 def test_curate_shared_ground_truth(tmp_path):
     if not real_data_available():
         pytest.skip("no shared data")
-    summary = curate(SHARED_DATA / "brats2018-groundtruth", tmp_path / "out")
+    summary = curate(SHARED_DATA, tmp_path / "out")  # the whole tree: the 16 ground-truth exams are its cases
     assert summary["cases"] == 16 and summary["keep"] + summary["review"] + summary["drop"] == 16
     rows = _csv(tmp_path / "out")
     assert all(float(r["stars"]) > 1.0 for r in rows)

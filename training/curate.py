@@ -124,8 +124,18 @@ def discover_nnunet(root: Path) -> list[TrainingCase]:
     return cases
 
 
+def _case_folders(root: Path, depth: int = 4) -> list[Path]:
+    """Every folder under ``root`` down to ``depth`` levels (a data tree of several sources holds cases deeper)."""
+    found, level = [], [root]
+    for _ in range(depth):
+        level = sorted(p for d in level for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+        found.extend(level)
+    return found
+
+
 def discover_training_set(root: str | Path) -> tuple[str, list[TrainingCase]]:
-    """(layout, cases) of a BraTS folder of case folders or an nnU-Net raw dataset.
+    """(layout, cases) of a BraTS tree of case folders (searched 4 levels deep; a case folder has four images
+    and exactly one label map) or an nnU-Net raw dataset.
 
     Raises:
         NotFound: the folder is missing or holds no training case.
@@ -137,12 +147,13 @@ def discover_training_set(root: str | Path) -> tuple[str, list[TrainingCase]]:
         layout, cases = "nnunet", discover_nnunet(root)
     else:
         layout, cases = "brats", []
-        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for folder in _case_folders(root):
             try:
                 files = discover_files(folder)
-            except DQEError:
+            except DQEError:  # not a case folder (no images, or several label maps to choose from)
                 continue
-            cases.append(TrainingCase(folder.name, {m: files[m] for m in MODALITIES}, files["segmentation"]))
+            case_id = folder.name if folder.parent == root else "__".join(folder.relative_to(root).parts)
+            cases.append(TrainingCase(case_id, {m: files[m] for m in MODALITIES}, files["segmentation"]))
     if not cases:
         raise NotFound(
             f"no training case found in {str(root)!r} (BraTS case folders or nnU-Net)", field="dataset"
