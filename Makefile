@@ -11,7 +11,7 @@ PKG_FILES := $(shell find models service training -type f \( -name '*.py' -o -na
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)-$(shell echo $(PKG_FILES) | sha256sum | cut -c1-12)
 PROTO_SRC := $(wildcard proto/dqe/v1/*.proto)
 
-.PHONY: imports venv model demo test lint typecheck proto proto-check bench bench-abuse gate-eval train-smoke clean
+.PHONY: imports venv model demo test lint typecheck proto proto-check bench bench-abuse gate-eval train-smoke seg-smoke clean
 
 venv: $(STAMP)
 
@@ -52,15 +52,23 @@ proto-check: venv
 # thread pools; keeping them in separate processes avoids cross-library crashes seen in one long process.
 TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py tests/test_settings.py tests/test_layers.py \
 	tests/test_bench_report.py" \
-	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" \
+	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" "tests/test_curate*.py" \
 	"tests/test_deploy.py" "tests/test_abuse.py" "tests/test_forks.py" \
 	"tests/test_dicom.py tests/test_dicom_extra.py tests/test_dicom_node.py" "tests/test_dicom_pacs.py"
 
-test: model lint typecheck proto-check test-shipped
+test: model lint typecheck proto-check test-shipped seg-smoke
 	$(BIN)/python tests/run_groups.py $(TEST_GROUPS)
 
 train-smoke: venv
 	$(BIN)/dqe train --config training/configs/smoke.yaml --out runs/smoke
+
+# dqe seg-train on six seeded phantoms, two epochs on the CPU (no data needed; well under 2 minutes).
+seg-smoke: venv
+	rm -rf runs/seg-smoke
+	$(BIN)/dqe seg-train --config training/configs/seg_smoke.yaml --out runs/seg-smoke > /dev/null
+	@$(BIN)/python -c "import csv; rows = list(csv.DictReader(open('runs/seg-smoke/metrics.csv'))); \
+		assert len(rows) == 2, rows; print('seg-smoke: 2 epochs, val Dice WT/TC/ET', \
+		[round(float(rows[-1][k]), 3) for k in ('val_dice_wt', 'val_dice_tc', 'val_dice_et')])"
 
 # One driver, one JSON report, one printed table; a full run then regenerates the speed blocks of README.md and
 # benchmarks/RESULTS.md from that JSON. `make bench BENCH_ARGS=--quick` is a smoke run that never publishes.

@@ -18,6 +18,7 @@ from dqe.service.commands.common import EXIT_INVALID, add_parity_case_arg, error
 from dqe.training.config import load_config, replace
 from dqe.training.data import read_ratings
 from dqe.training.evaluate import evaluate_ratings, format_metrics
+from dqe.training.segmentation.config import load_seg_config
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -30,20 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "training/configs/smoke.yaml a one-minute CPU run on synthetic data). Writes RUN_DIR/metrics.csv, "
         "checkpoints, TensorBoard logs and a held-out evaluation.",
     )
-    t.add_argument("--config", type=Path, help="YAML config (not needed with --resume)")
-    t.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
-    t.add_argument(
-        "--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint"
-    )
+    _add_run_args(t, "train.epochs=3")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override train.device")
-    t.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. train.epochs=3 (repeatable)",
-    )
     t.add_argument(
         "--publish", metavar="MODEL_ID", help="export the finished run to the model home as MODEL_ID"
     )
@@ -109,6 +98,96 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing published model of that id")
     add_parity_case_arg(p)
     p.set_defaults(func=run_publish)
+    _register_seg_train(sub)
+    _register_curate(sub)
+
+
+def _add_run_args(parser: argparse.ArgumentParser, example: str) -> None:
+    """--config, --out, --resume and --set, shared by the training commands."""
+    parser.add_argument("--config", type=Path, help="YAML config (not needed with --resume)")
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR", help="run directory")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value, e.g. {example} (repeatable)",
+    )
+
+
+def _register_seg_train(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "seg-train",
+        help="train a MONAI segmentation network (SegResNet/UNet) with any registered loss, DQE term included",
+        description="Train on BraTS-style exams (data.root) or seeded phantoms (data.synthetic) at a reduced grid; "
+        "training/configs/seg_brats.yaml uses the 16 expert-labelled exams, seg_smoke.yaml is `make seg-smoke`. "
+        "Writes RUN_DIR/metrics.csv (per-region Dice and HD95), run.json, checkpoints/last.pt and model.pth.",
+    )
+    _add_run_args(s, "loss=channel_wise_weighted")
+    s.set_defaults(func=run_seg_train)
+
+
+def _register_curate(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "curate",
+        help="rate every training case of a BraTS or nnU-Net dataset; keep/review/drop list and curated splits",
+        description="Scores each training case's label map with DQE and the QC gate (the batch scorer, resumable "
+        "on OUT/batch/journal.jsonl), decides keep / review / drop with reasons, and writes curation.csv, "
+        "splits_final.json (nnU-Net), datalist.json (MONAI) and summary.html. Prints the summary as JSON.",
+    )
+    c.add_argument(
+        "dataset", type=Path, help="BraTS folder of case folders, or an nnU-Net raw dataset folder"
+    )
+    c.add_argument(
+        "--out", type=Path, required=True, help="output folder (rerun with the same one to resume)"
+    )
+    c.add_argument("--drop-below", type=float, default=2.0, help="stars below which a case is dropped")
+    c.add_argument("--review-below", type=float, default=3.5, help="stars below which a case goes to review")
+    c.add_argument("--folds", type=int, default=5, help="folds in splits_final.json")
+    c.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    c.add_argument("--progress", action="store_true", help="progress bar on stderr")
+    c.set_defaults(func=run_curate)
+
+
+def run_curate(args: argparse.Namespace) -> int:
+    from dqe.training.curate import (  # lazy: nibabel and the batch scorer load when the command runs
+        CurateOptions,
+        curate,
+    )
+
+    try:
+        if not 0 < args.drop_below <= args.review_below:
+            raise InvalidInput("expected 0 < --drop-below <= --review-below", field="drop_below")
+        opts = CurateOptions(args.drop_below, args.review_below, args.folds, args.seed)
+        summary = curate(args.dataset, args.out, opts, progress=args.progress)
+    except (DQEError, ValueError, OSError) as exc:
+        return _fail(exc)
+    print_json(summary)
+    return 0
+
+
+def run_seg_train(args: argparse.Namespace) -> int:
+    from dqe.training.segmentation.trainer import (  # lazy: torch and MONAI (train extra only): `dqe --help` stays torch-free
+        resume_config,
+        seg_train,
+    )
+
+    try:
+        if args.resume:
+            cfg = resume_config(args.out, args.overrides)
+        elif args.config is None:
+            raise InvalidInput("--config is required for a new run", field="config")
+        else:
+            cfg = load_seg_config(args.config, args.overrides)
+        last = seg_train(cfg, args.out, resume=args.resume)
+    except (DQEError, ValueError, FileNotFoundError) as exc:
+        return _fail(exc)
+    print_json({"run_dir": str(args.out), "epochs": cfg.train.epochs, "last": last})
+    return 0
 
 
 def _fail(exc: BaseException) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dqe.models.contract import CONTRACT_V1, PreprocessingContract
+from dqe.training.losses import check_loss_name
 
 LABEL_ENCODINGS = ("brats", "wt", "tissue")
 NORMALIZATIONS = ("percentile", "minmax")
@@ -154,7 +155,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
-    loss: str = "mse"
+    loss: str = "mse"  # a regression loss of the registry (dqe.training.losses.LOSSES): mse, l1, huber
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -176,11 +177,11 @@ class TrainConfig:
             ("optim.name", self.optim.name.lower(), OPTIMIZERS),
             ("data.targets", self.data.targets, TARGETS),
             ("train.device", self.train.device, DEVICES),
-            ("loss", self.loss, ("mse",)),
         ]
         for key, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"{key} is {value!r}; expected one of {list(allowed)}")
+        check_loss_name(self.loss, "regression")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction is {self.data.val_fraction}; expected within [0, 1)")
         if self.train.eval_every < 1 or self.train.checkpoint_every < 1:

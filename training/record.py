@@ -42,14 +42,16 @@ def finish_record(
     record["final"] = {"history_last": history[-1] if history else None, "eval": evaluation}
 
 
-def write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
-    """Rewrite the per-epoch CSV log atomically (header :data:`METRICS_COLUMNS`, one row per epoch)."""
+def write_metrics(
+    path: Path, rows: list[dict[str, float]], columns: tuple[str, ...] = METRICS_COLUMNS
+) -> None:
+    """Rewrite the per-epoch CSV log atomically (header ``columns``, one row per epoch)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(METRICS_COLUMNS))
+        writer = csv.DictWriter(fh, fieldnames=list(columns))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: row[k] for k in METRICS_COLUMNS})
+            writer.writerow({k: row[k] for k in columns})
     os.replace(tmp, path)
 
 
@@ -63,11 +65,13 @@ def open_tensorboard(folder: Path) -> Any:
     return SummaryWriter(log_dir=str(folder))
 
 
-def log_scalars(writer: Any, row: dict[str, float], epoch: int) -> None:
+def log_scalars(
+    writer: Any, row: dict[str, float], epoch: int, columns: tuple[str, ...] = METRICS_COLUMNS
+) -> None:
     """Add the metrics of ``row`` that are not NaN to ``writer`` at step ``epoch`` (no-op without a writer)."""
     if writer is None:
         return
-    for key in METRICS_COLUMNS[1:]:
+    for key in columns[1:]:
         if not math.isnan(row[key]):
             writer.add_scalar(key, row[key], epoch)
     writer.flush()

@@ -52,6 +52,7 @@ from dqe.training.data import (
 )
 from dqe.training.evaluate import format_metrics, regression_metrics, summarize, write_report
 from dqe.training.inputs import ViewDataset, autocast, compute_features, predict, view_arrays, weights_digest
+from dqe.training.losses.registry import build_loss
 from dqe.training.model import SplitNetwork, build_model, build_optimizer, resolve_device
 from dqe.training.provenance import now, provenance, seed_everything
 from dqe.training.record import METRICS_COLUMNS as METRICS_COLUMNS  # re-exported: the metrics.csv header
@@ -450,7 +451,7 @@ def _run_epochs(
 ) -> None:
     """Epochs ``run.start_epoch + 1`` to ``last_epoch``: train, validate when due, log, checkpoint when due."""
     writer = open_tensorboard(run.run_dir / "tensorboard")
-    loss_fn = torch.nn.MSELoss()
+    loss_fn = build_loss(run.cfg.loss, task="regression")
     for epoch in range(run.start_epoch, last_epoch):
         train_loss = _train_epoch(run, epoch, loss_fn, progress)
         row = _epoch_row(run, epoch, train_loss)
