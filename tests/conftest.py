@@ -12,6 +12,7 @@ SHARED_DATA = Path(os.environ.get("DQE_SHARED_DATA", REPO.parent / "shared" / "d
 DQE_TEST_DATA = SHARED_DATA / "brainlesion-deep_quality_estimation" / "tests" / "data"
 TOOLKIT = SHARED_DATA / "brainlesion-tutorials" / "BraTS-Toolkit" / "data"
 BRATS_CASE = SHARED_DATA / "brainlesion-BraTS"
+GROUND_TRUTH = SHARED_DATA / "brats2018-groundtruth"
 
 
 def real_data_available() -> bool:
@@ -57,6 +58,22 @@ def real_cases() -> list[tuple[str, dict[str, Path]]]:
                 "brainlesion-BraTS/preprocessed_case",
                 {**base, "segmentation": BRATS_CASE / "outputs" / "segmentation.nii.gz"},
             )
+        )
+    return cases
+
+
+def ground_truth_cases() -> list[tuple[str, dict[str, Path]]]:
+    """Every expert ground truth in ../shared/data/brats2018-groundtruth (``<exam>_{t1ce,t1,t2,flair,seg}``).
+
+    Kept apart from :func:`real_cases`: 16 exams are too many for the fast path's loops over real cases.
+    """
+    cases: list[tuple[str, dict[str, Path]]] = []
+    if not GROUND_TRUTH.is_dir():
+        return cases
+    names = {"t1c": "t1ce", "t1": "t1", "t2": "t2", "flair": "flair", "segmentation": "seg"}
+    for exam in sorted(p for p in GROUND_TRUTH.iterdir() if p.is_dir()):
+        cases.append(
+            (f"{exam.name}/seg", {k: exam / f"{exam.name}_{v}.nii.gz" for k, v in names.items()})
         )
     return cases
 

@@ -15,7 +15,7 @@ from dqe.models.errors import IntegrityError, UnsupportedMode
 from dqe.service.backends import Plan, mode_config, mode_key, plan_backend, resolve_providers
 from dqe.service.engine import Engine, EngineConfig
 from dqe.service.hardware import CpuInfo, Hardware, detect, parse_cpuinfo
-from tests.conftest import SHARED_DATA, real_cases
+from tests.conftest import SHARED_DATA, ground_truth_cases, real_cases
 
 BUDGET = 0.01
 CPU_ONLY = ("CPUExecutionProvider",)
@@ -328,7 +328,8 @@ def test_discover_cases_finds_every_shared_pair() -> None:
     from dqe.service.calibration import discover_cases
 
     found = {tuple(sorted((k, str(v)) for k, v in c.files.items())) for c in discover_cases(SHARED_DATA)}
-    expected = {tuple(sorted((k, str(v)) for k, v in f.items())) for _, f in real_cases()}
+    pairs = real_cases() + ground_truth_cases()
+    expected = {tuple(sorted((k, str(v)) for k, v in f.items())) for _, f in pairs}
     assert found == expected
 
 
