@@ -332,6 +332,18 @@ class ServerConfig(Settings):
     )
     metrics_host: str = setting("0.0.0.0", "interface for the metrics server", "observability")
     grace_s: float = setting(30.0, "seconds in-flight calls get to finish after SIGTERM", "network")
+    max_connection_age_s: float = setting(
+        300.0,
+        "seconds after which a client connection is asked to reconnect (HTTP/2 GOAWAY; its calls go on), so "
+        "clients that balance over DNS or a headless Service find new replicas; 0 = never",
+        "network",
+    )
+    max_connection_age_grace_s: float = setting(
+        600.0,
+        "seconds the calls of a connection asked to reconnect may still run before it is closed (600 = the "
+        "default --max-call-s, so no call within its limit is cut)",
+        "network",
+    )
     max_call_s: float = setting(
         600.0,
         "seconds one call may be processed, whether or not the client set a deadline (a call without a "
@@ -403,6 +415,9 @@ class ServerConfig(Settings):
             raise InvalidInput(
                 f"max_call_s is {self.max_call_s}; expected >= 0 (0 = no limit)", field="max_call_s"
             )
+        for name in ("max_connection_age_s", "max_connection_age_grace_s"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"{name} is {getattr(self, name)}; expected >= 0 (0 = off)", field=name)
         if self.max_queue_delay_ms < 0 or self.grace_s < 0:
             raise InvalidInput("max_queue_delay_ms and grace_s must be >= 0", field="max_queue_delay_ms")
         if bool(self.tls_cert) != bool(self.tls_key):
