@@ -234,7 +234,11 @@ class ServerConfig(Settings):
         4, "threads that answer health checks and GetModelInfo whatever the scoring load", "network"
     )
     max_concurrent_rpcs: int = setting(
-        512, "calls beyond this are refused with RESOURCE_EXHAUSTED by gRPC itself", "network"
+        512,
+        "calls in progress beyond this are refused with RESOURCE_EXHAUSTED at once, without reading their "
+        "request; health checks, health watches and GetModelInfo are not counted (gRPC's own limit would refuse "
+        "them too)",
+        "network",
     )
     decode_workers: int = setting(
         2, "threads decoding NIfTI and building views (bounds CPU and memory of decoding)", "batching"

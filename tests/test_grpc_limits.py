@@ -3,6 +3,7 @@ leaves long-lived health watches out, and connections are aged (GOAWAY) without 
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -108,3 +109,38 @@ def test_an_aged_connection_reconnects_and_its_calls_finish(tiny, tmp_path: Path
         for _ in range(3):
             assert stub.ScoreCase(request, timeout=60).mean_stars == first
             threading.Event().wait(0.6)
+
+
+def test_the_concurrent_call_limit_never_refuses_health_or_model_info(tiny, tmp_path: Path) -> None:
+    """``max_concurrent_rpcs`` calls held open (idle ScoreBatch streams): another scoring call is refused at once
+    naming the setting, while health Check and GetModelInfo still answer (gRPC's own limit refused them too)."""
+    files = read_bytes(write_phantom(tmp_path / "case", seed=5))
+    release = threading.Event()
+
+    def silent():
+        release.wait(60)
+        return
+        yield  # pragma: no cover
+
+    with (
+        running_server(tiny, max_concurrent_rpcs=3, max_streams=10) as server,
+        grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch,
+    ):
+        stub = pb_grpc.QualityEstimationStub(ch)
+        streams = [stub.ScoreBatch(silent(), timeout=60) for _ in range(3)]
+        try:
+            time.sleep(0.5)
+            health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            assert stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=10).max_streams == 10
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ScoreCase(pb.ScoreCaseRequest(files=pb.NiftiFiles(**files)), timeout=30)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_concurrent_rpcs" in refused.value.details()
+        finally:
+            release.set()
+            for stream in streams:
+                with contextlib.suppress(grpc.RpcError):
+                    list(stream)
+        time.sleep(0.3)
+        assert stub.ScoreCase(pb.ScoreCaseRequest(files=pb.NiftiFiles(**files)), timeout=30).mean_stars > 0

@@ -93,6 +93,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         metrics: Metrics | None = None,
         control_pool: ThreadPoolExecutor | None = None,
         max_scoring_calls: int = 0,
+        max_calls: int = 0,
         admission: Callable[[MethodPolicy], Ticket | None] | None = None,
         refusal_pool: ThreadPoolExecutor | None = None,
         turn: Callable[[MethodPolicy, grpc.ServicerContext], Ticket | None] | None = None,
@@ -105,6 +106,9 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self._admission = admission
         self._turn = turn
         self._policies = policies
+        # Our own limit on calls in progress, in place of gRPC's maximum_concurrent_rpcs, which refuses health
+        # checks too: control methods and health watches are not counted.
+        self.calls = Slots(max_calls, "calls in progress", "max_concurrent_rpcs") if max_calls else None
         self.scoring = (
             Slots(max_scoring_calls, "scoring calls in progress", "handler_threads")
             if max_scoring_calls
@@ -135,7 +139,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         if auth_error is not None:
             return self._refusal(handler, method, rid, auth_error, policy)
         pool = self._control_pool if policy.control else None
-        if not policy.scoring and policy.queue is None and policy.turn is None:
+        counted = self.calls is not None and policy.in_flight and not policy.control
+        if not counted and not policy.scoring and policy.queue is None and policy.turn is None:
             return _wrap(
                 handler,
                 lambda behavior, streaming: self._guard(behavior, streaming, method, rid, policy),
@@ -146,6 +151,17 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             tickets = self._admit(policy)
         except Overloaded as exc:
             return self._refusal(handler, method, rid, exc, policy)
+        if not policy.scoring and policy.queue is None and policy.turn is None:
+            return self._hold(
+                _wrap(
+                    handler,
+                    lambda behavior, streaming: self._guard(
+                        behavior, streaming, method, rid, policy, tickets
+                    ),
+                    lenient_stream=policy.lenient_stream,
+                ),
+                tickets,
+            )
         lenient = policy.lenient_stream
         if self._turn is not None and policy.turn is not None and handler.unary_unary is not None:
             handler = _received_in_turn(handler, lambda context: self._turn(policy, context))  # type: ignore[misc]
@@ -157,8 +173,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             lambda behavior, streaming: self._guard(behavior, streaming, method, rid, policy, tickets),
             lenient_stream=lenient,
         )
-        # gRPC may still drop the call without running its behaviour (its own maximum_concurrent_rpcs, a
-        # caller gone before its request arrived): the slots are then released when gRPC lets go of the handler.
+        return self._hold(wrapped, tickets)
+
+    @staticmethod
+    def _hold(wrapped: grpc.RpcMethodHandler, tickets: tuple[Ticket, ...]) -> grpc.RpcMethodHandler:
+        """``wrapped``, whose slots are also released when gRPC lets go of it without running its behaviour (a
+        caller gone before its request arrived)."""
         behaviour = next(b for b in (wrapped.unary_unary, wrapped.unary_stream, wrapped.stream_unary,
                                      wrapped.stream_stream) if b is not None)  # fmt: skip
         weakref.finalize(behaviour, _release, tickets)
@@ -173,6 +193,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         """
         tickets: list[Ticket] = []
         try:
+            if self.calls is not None and policy.in_flight and not policy.control:
+                tickets.append(self.calls.take())
             if self.scoring is not None and policy.scoring:
                 tickets.append(self.scoring.take())
             queued = self._admission(policy) if self._admission is not None else None

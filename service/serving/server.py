@@ -98,6 +98,7 @@ class DQEServer:
                     metrics=self.metrics,
                     control_pool=self.control_pool,
                     max_scoring_calls=config.max_scoring_calls,
+                    max_calls=config.max_concurrent_rpcs,
                     admission=self.runtime.admit,
                     refusal_pool=self.refusal_pool,
                     turn=self.runtime.turn,
@@ -110,7 +111,9 @@ class DQEServer:
                 ("grpc.http2.bdp_probe", 0),
                 *connection_age_options(config),
             ],
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            # No maximum_concurrent_rpcs: gRPC's limit refuses health checks too; the interceptor enforces
+            # config.max_concurrent_rpcs on every call but control methods and health watches.
+            maximum_concurrent_rpcs=None,
         )
         pb_grpc.add_QualityEstimationServicer_to_server(
             QualityEstimationServicer(self.runtime), self.grpc_server
