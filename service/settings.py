@@ -236,7 +236,7 @@ class ServerConfig(Settings):
     max_concurrent_rpcs: int = setting(
         512,
         "calls in progress beyond this are refused with RESOURCE_EXHAUSTED at once, without reading their "
-        "request; health checks, health watches and GetModelInfo are not counted (gRPC's own limit would refuse "
+        "request; health checks and GetModelInfo are not counted (gRPC's own limit would refuse "
         "them too)",
         "network",
     )

@@ -107,7 +107,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self._turn = turn
         self._policies = policies
         # Our own limit on calls in progress, in place of gRPC's maximum_concurrent_rpcs, which refuses health
-        # checks too: control methods and health watches are not counted.
+        # checks too: control methods (health Check, GetModelInfo) are not counted; health watches are, as they hold a thread.
         self.calls = Slots(max_calls, "calls in progress", "max_concurrent_rpcs") if max_calls else None
         self.scoring = (
             Slots(max_scoring_calls, "scoring calls in progress", "handler_threads")
@@ -139,7 +139,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         if auth_error is not None:
             return self._refusal(handler, method, rid, auth_error, policy)
         pool = self._control_pool if policy.control else None
-        counted = self.calls is not None and policy.in_flight and not policy.control
+        counted = self.calls is not None and not policy.control
         if not counted and not policy.scoring and policy.queue is None and policy.turn is None:
             return _wrap(
                 handler,
@@ -193,7 +193,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         """
         tickets: list[Ticket] = []
         try:
-            if self.calls is not None and policy.in_flight and not policy.control:
+            if self.calls is not None and not policy.control:
                 tickets.append(self.calls.take())
             if self.scoring is not None and policy.scoring:
                 tickets.append(self.scoring.take())

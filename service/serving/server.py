@@ -112,7 +112,7 @@ class DQEServer:
                 *connection_age_options(config),
             ],
             # No maximum_concurrent_rpcs: gRPC's limit refuses health checks too; the interceptor enforces
-            # config.max_concurrent_rpcs on every call but control methods and health watches.
+            # config.max_concurrent_rpcs on every call but the control methods.
             maximum_concurrent_rpcs=None,
         )
         pb_grpc.add_QualityEstimationServicer_to_server(
