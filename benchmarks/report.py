@@ -328,7 +328,8 @@ def render_results(data: Mapping[str, Any]) -> str:
         out += [
             "",
             f"### One exam from `.nii.gz`, and the network alone (exams: {', '.join(exam['cases'])}; "
-            f"samples per exam and side after a warm-up: {exam['repeats_per_case']})",
+            f"samples per exam after a warm-up: {exam['repeats_per_case']}, reference "
+            f"{exam.get('reference_repeats_per_case', exam['repeats_per_case'])})",
             "",
         ]
         rows = [
