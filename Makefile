@@ -11,7 +11,7 @@ PKG_FILES := $(shell find models service training -type f \( -name '*.py' -o -na
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)-$(shell echo $(PKG_FILES) | sha256sum | cut -c1-12)
 PROTO_SRC := $(wildcard proto/dqe/v1/*.proto)
 
-.PHONY: imports venv model demo test lint typecheck proto proto-check bench bench-abuse gate-eval train-smoke seg-smoke clean
+.PHONY: imports venv model demo test lint typecheck proto proto-check bench bench-abuse bench-batch-size gate-eval train-smoke seg-smoke clean
 
 venv: $(STAMP)
 
@@ -50,7 +50,7 @@ proto-check: venv
 
 # One pytest process per area: torch (reference oracle, training), OpenVINO, Ray and gRPC each load native
 # thread pools; keeping them in separate processes avoids cross-library crashes seen in one long process.
-TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_precision.py tests/test_settings.py tests/test_layers.py \
+TEST_GROUPS := "tests/test_case.py tests/test_preprocess.py tests/test_cli.py tests/test_decode.py tests/test_buffers.py tests/test_precision.py tests/test_settings.py tests/test_layers.py \
 	tests/test_bench_report.py" \
 	"tests/test_parity.py" "tests/test_grpc_*.py" "tests/test_qc_*.py" "tests/test_batch*.py" "tests/test_training*.py" "tests/test_curate*.py" \
 	"tests/test_deploy.py" "tests/test_abuse.py" "tests/test_forks.py" \
@@ -82,6 +82,11 @@ bench: model
 # benchmarks/RESULTS.md from that one run.
 bench-abuse: model
 	$(BIN)/python benchmarks/bench_abuse.py --json benchmarks/out/abuse.json --publish
+
+# Throughput and resident memory of a real `dqe serve` against --max-batch-size (issue 21): a fresh server per
+# size, a burst of real cases, peak RSS and RSS 5 s later. Prints JSON; writes benchmarks/out/batch_sweep.json.
+bench-batch-size: model
+	$(BIN)/python benchmarks/batch_sweep.py --sizes 24,12,6,3 --json benchmarks/out/batch_sweep.json
 
 gate-eval: model
 	$(BIN)/python benchmarks/build_gate_eval_list.py --out benchmarks/out/gate_eval

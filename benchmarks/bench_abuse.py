@@ -46,12 +46,14 @@ def status_mb(pid: int, key: str) -> float:
     raise KeyError(key)
 
 
-def start(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start(tmp: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
+    """``dqe serve`` on 127.0.0.1 with the bench token and ``extra`` flags, once its health is SERVING."""
     from dqe.service.client import DQEClient
 
     port_file = tmp / "port"
+    port_file.unlink(missing_ok=True)
     cmd = [str(Path(sys.executable).parent / "dqe"), "serve", "--host", "127.0.0.1", "--port", "0",
-           "--port-file", str(port_file), "--metrics-port", "-1", "--log-level", "WARNING"]  # fmt: skip
+           "--port-file", str(port_file), "--metrics-port", "-1", "--log-level", "WARNING", *extra]  # fmt: skip
     proc = subprocess.Popen(cmd, env={**os.environ, "DQE_TOKEN": TOKEN}, stderr=(tmp / "log").open("wb"))
     deadline = time.monotonic() + 120
     while not port_file.exists() or not port_file.read_text().strip():

@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.volumeutils import apply_read_scaling
 
+from dqe.models.buffers import DEFAULT_POOL, BufferPool
 from dqe.models.errors import InvalidInput, NotFound, UnreadableFile
 
 _isal_zlib: Any
@@ -82,6 +83,8 @@ class DecodeLimits:
             allocation; raises (e.g. :class:`dqe.models.errors.Overloaded`) to refuse.
         check: called between inflation chunks (at most every 4 MiB of output or 1024 gzip members); raises
             (e.g. a deadline or cancellation error) to stop decoding.
+        pool: where the buffers of read and inflated files come from (reused across calls, see
+            :mod:`dqe.models.buffers`); ``None`` = the process-wide :data:`dqe.models.buffers.DEFAULT_POOL`.
     """
 
     max_voxels: int = DEFAULT_MAX_VOXELS
@@ -89,6 +92,11 @@ class DecodeLimits:
     max_file_bytes: int = 0
     reserve: Callable[[int], None] | None = None
     check: Callable[[], None] | None = None
+    pool: BufferPool | None = None
+
+    def buffer(self, nbytes: int) -> np.ndarray:
+        """A ``uint8`` buffer of ``nbytes`` from :attr:`pool` (contents undefined)."""
+        return (self.pool or DEFAULT_POOL).take(nbytes)
 
 
 def _inflate_chunks(
@@ -192,7 +200,7 @@ def _inflate_nifti(raw: bytes | memoryview, name: str, limits: DecodeLimits) -> 
         total = offset + math.prod(shape) * dtype.itemsize
         if limits.reserve is not None:
             limits.reserve(total)
-        out = np.empty(total, dtype=np.uint8)
+        out = limits.buffer(total)
         filled = min(len(head), total)
         out[:filled] = np.frombuffer(head, dtype=np.uint8, count=filled)
         extra = len(head) - filled
@@ -429,8 +437,8 @@ def load_nifti_fd(
     head = os.pread(fd, 540, 0)
     if head[:2] != GZIP_MAGIC and mmap_ok:
         return _load_mmap(fd, info.st_size, head, name, source, limits)
-    raw = bytearray(info.st_size)
-    view = memoryview(raw)
+    raw = limits.buffer(info.st_size)
+    view = raw.data
     got = 0
     while got < len(raw):
         n = os.preadv(fd, [view[got:]], got)
@@ -438,7 +446,7 @@ def load_nifti_fd(
             break
         got += n
     del view
-    return decode_nifti(memoryview(raw)[:got], name=name, source=source, limits=limits)
+    return decode_nifti(raw.data[:got], name=name, source=source, limits=limits)
 
 
 def _load_mmap(fd: int, size: int, head: bytes, name: str, source: str, limits: DecodeLimits) -> Volume:

@@ -20,6 +20,7 @@ commas (providers). Each variable has one meaning across commands:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -202,114 +203,209 @@ class GateSettings(Settings):
         _check_alpha_setting(self.alpha)
 
 
+def setting(
+    default: Any,
+    doc: str,
+    group: str,
+    *,
+    flag: str | None = None,
+    append: bool = False,
+    choices: tuple[str, ...] = (),
+    metavar: str | None = None,
+) -> Any:
+    """A settings field whose definition carries its command-line flag: ``doc`` (the help text, with units),
+    ``group`` (the help section), ``flag`` (default ``--<name-with-dashes>``; ``""`` = environment only),
+    ``append`` (a repeatable flag collected into a tuple), ``choices`` and ``metavar``. Booleans become
+    ``--no-<name>`` (default on) or ``--<name>`` (default off). See :func:`add_flags`."""
+    meta = {
+        "doc": doc,
+        "group": group,
+        "flag": flag,
+        "append": append,
+        "choices": choices,
+        "metavar": metavar,
+    }
+    return field(default=default, metadata=meta, repr=group != "secret")
+
+
 @dataclass(frozen=True)
 class ServerConfig(Settings):
-    """How ``dqe serve`` runs.
+    """How ``dqe serve`` runs; each field's definition carries its documentation, help section and flag
+    (``dqe serve --help`` is generated from them by :func:`add_flags`, the ``DQE_*`` variable from the name)."""
 
-    Attributes:
-        host: interface to bind (``0.0.0.0`` all IPv4, ``[::]`` all, ``127.0.0.1`` loopback only).
-        port: gRPC port; 0 picks a free one (see ``port_file``).
-        port_file: write the bound gRPC port to this file once listening (for orchestration and tests).
-        max_message_mb: largest request and response in MiB (gRPC's default is 4 MiB). The default, 64, is
-            5.8x the five ``.nii.gz`` of the real BraTS-GLI-00001-000 case (11.07 MB measured; 89 MB once
-            inflated): compressed cases fit with room, uncompressed full-size cases need a larger limit, server-side
-            paths or ``ScoreViews`` (3 x 7 x 240 x 240 float32 = 4.8 MB).
-        handler_threads: gRPC handler threads (concurrent calls being served; the rest wait in gRPC). Scoring
-            calls may hold all but 8 of them (half when fewer than 16); health and ``GetModelInfo`` run on their own ``control_threads``.
-        control_threads: threads that answer health checks and ``GetModelInfo`` whatever the scoring load.
-        max_concurrent_rpcs: calls beyond this are refused with RESOURCE_EXHAUSTED by gRPC itself.
-        decode_workers: threads decoding NIfTI and building views (bounds CPU and memory of decoding).
-        max_pending_decodes: ``ScoreCase`` calls (and stream items) waiting for or in decoding; more get
-            RESOURCE_EXHAUSTED at once.
-        max_receiving: ``ScoreCase`` calls whose request body is received and held at once (waiting for or in
-            decoding). Other admitted calls wait as headers only: the server does not read their message, so
-            HTTP/2 flow control keeps their bodies at the client (64 KiB each at most) and a burst's bodies do
-            not pile up in the server, nor delay the refusals sent on the same connection.
-        max_receiving_views: ``ScoreViews`` calls whose request is received and held at once (until they end);
-            the others wait unread likewise. 16 calls are 48 views, twice the default inference batch.
-        receive_lease_s: a call whose request has not fully arrived this many seconds after it got a receiving
-            slot (a stalled or trickling sender) gives the slot to the next call and waits on without it.
-        max_pending_mb: MiB of ``ScoreCase`` requests (their message bytes) waiting for or in decoding; a
-            request that does not fit gets RESOURCE_EXHAUSTED at once (default 768: about 70 compressed BraTS
-            cases of 11 MB).
-        decode_budget_mb: MiB of inflated NIfTI the whole server may hold for calls being decoded; a call that
-            would exceed it gets RESOURCE_EXHAUSTED before inflating (one that needs more than all of it,
-            INVALID_ARGUMENT).
-        max_volume_voxels: most voxels in one decoded volume, checked from the header before inflating
-            (default 32 Mi = 3.8x a BraTS 240 x 240 x 155 volume).
-        max_grid_side: longest axis of a case's grid in voxels (default 512, 2.1x BraTS's 240).
-        max_view_side: largest height/width of a ``ScoreViews`` tensor (default 512).
-        max_streams: concurrent ``ScoreBatch`` streams; more get RESOURCE_EXHAUSTED at once.
-        stream_idle_s: a ``ScoreBatch`` stream with nothing in flight that sends nothing for this long is ended
-            with DEADLINE_EXCEEDED.
-        max_batch_size: views per inference batch (3 views per case).
-        max_queue_delay_ms: how long the first view of a batch waits for more to arrive.
-        max_queue: views waiting for inference before new requests get RESOURCE_EXHAUSTED.
-        batch_workers: threads running inference batches (2 overlaps host work with a GPU).
-        allowed_roots: folders server-side paths must lie in (after resolving symlinks); empty disables
-            server-side paths.
-        tls_cert, tls_key: PEM server certificate chain and key; both or neither (plaintext).
-        tls_client_ca: PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).
-        token: bearer token clients must send as ``authorization: Bearer <token>``; empty disables.
-        token_file: read the token from this file instead (keeps it out of the process environment).
-        metrics_port: Prometheus ``/metrics`` HTTP port; 0 picks a free one, negative disables.
-        metrics_host: interface for the metrics server.
-        grace_s: seconds in-flight calls get to finish after SIGTERM.
-        max_call_s: the longest one call may be processed, whether or not the client set a deadline (a call
-            without a deadline runs as long as it takes up to this); 0 = no server-side limit.
-        warmup: run a warm-up batch before reporting SERVING.
-        reflection: enable gRPC server reflection (grpcurl).
-        log_format: ``json`` (one object per line) or ``text``.
-        log_level: ``DEBUG``, ``INFO``, ``WARNING``, ``ERROR``.
-        model_id, providers, precision, backend, intra_op_threads: engine settings (see
-            ``dqe.service.engine.EngineConfig``).
-        alpha: the QC gate's default significance level for calls whose ``ScoreOptions.alpha`` is unset
-            (0 = the gate configuration's).
-    """
-
-    host: str = "0.0.0.0"
-    port: int = 50051
-    port_file: str = ""
-    max_message_mb: int = 64
-    handler_threads: int = 160
-    control_threads: int = 4
-    max_concurrent_rpcs: int = 512
-    decode_workers: int = 2
-    max_pending_decodes: int = 64
-    max_receiving: int = 4
-    max_receiving_views: int = 16
-    receive_lease_s: float = 30.0
-    max_pending_mb: int = 768
-    decode_budget_mb: int = 1024
-    max_volume_voxels: int = 32 * MIB
-    max_grid_side: int = 512
-    max_view_side: int = 512
-    max_streams: int = 64
-    stream_idle_s: float = 60.0
-    max_batch_size: int = 24
-    max_queue_delay_ms: float = 5.0
-    max_queue: int = 768
-    batch_workers: int = 1
-    allowed_roots: tuple[str, ...] = ()
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    token: str = field(default="", repr=False)
-    token_file: str = ""
-    metrics_port: int = 9464
-    metrics_host: str = "0.0.0.0"
-    grace_s: float = 30.0
-    max_call_s: float = 600.0
-    warmup: bool = True
-    reflection: bool = True
-    log_format: str = "json"
-    log_level: str = "INFO"
-    model_id: str = DEFAULT_MODEL_ID
-    providers: tuple[str, ...] = ("auto",)
-    precision: str = "fp32"
-    backend: str = "auto"
-    intra_op_threads: int = 0
-    alpha: float = 0.0
+    host: str = setting(
+        "0.0.0.0", "interface to bind (0.0.0.0 all IPv4, [::] all, 127.0.0.1 loopback only)", "network"
+    )
+    port: int = setting(50051, "gRPC port; 0 picks a free one (see --port-file)", "network")
+    port_file: str = setting(
+        "", "write the bound gRPC port to this file once listening (for orchestration and tests)", "network"
+    )
+    max_message_mb: int = setting(
+        64,
+        "largest request and response in MiB (gRPC's default is 4 MiB). 64 is 5.8x the five .nii.gz of the real "
+        "BraTS-GLI-00001-000 case (11.07 MB measured; 89 MB once inflated): compressed cases fit with room, "
+        "uncompressed full-size cases need a larger limit, server-side paths or ScoreViews",
+        "network",
+    )
+    handler_threads: int = setting(
+        160,
+        "gRPC handler threads (concurrent calls being served; the rest wait in gRPC). Scoring calls may hold "
+        "all but 8 of them (half when fewer than 16); health and GetModelInfo run on --control-threads",
+        "network",
+    )
+    control_threads: int = setting(
+        4, "threads that answer health checks and GetModelInfo whatever the scoring load", "network"
+    )
+    max_concurrent_rpcs: int = setting(
+        512,
+        "calls in progress beyond this are refused with RESOURCE_EXHAUSTED at once, without reading their "
+        "request; health checks and GetModelInfo are not counted (gRPC's own limit would refuse "
+        "them too)",
+        "network",
+    )
+    decode_workers: int = setting(
+        2, "threads decoding NIfTI and building views (bounds CPU and memory of decoding)", "batching"
+    )
+    max_pending_decodes: int = setting(
+        64,
+        "ScoreCase calls (and stream items) waiting for or in decoding; more get RESOURCE_EXHAUSTED at once",
+        "limits",
+    )
+    max_receiving: int = setting(
+        4,
+        "ScoreCase calls whose request body is received and held at once (waiting for or in decoding). Other "
+        "admitted calls wait as headers only: the server does not read their message, so HTTP/2 flow control "
+        "keeps their bodies at the client (64 KiB each at most)",
+        "limits",
+    )
+    max_receiving_views: int = setting(
+        16,
+        "ScoreViews calls whose request is received and held at once (until they end); the others wait "
+        "unread likewise. 16 calls are 48 views, twice the default inference batch",
+        "limits",
+    )
+    receive_lease_s: float = setting(
+        30.0,
+        "seconds: a call whose request has not fully arrived this long after it got a receiving slot (a "
+        "stalled or trickling sender) gives the slot to the next call and waits on without it",
+        "limits",
+    )
+    max_pending_mb: int = setting(
+        768,
+        "MiB of ScoreCase requests (their message bytes) waiting for or in decoding; a request that does not "
+        "fit gets RESOURCE_EXHAUSTED at once (768: about 70 compressed BraTS cases of 11 MB)",
+        "limits",
+    )
+    decode_budget_mb: int = setting(
+        1024,
+        "MiB of inflated NIfTI the whole server may hold for calls being decoded; a call that would exceed it "
+        "gets RESOURCE_EXHAUSTED before inflating (one that needs more than all of it, INVALID_ARGUMENT)",
+        "limits",
+    )
+    max_volume_voxels: int = setting(
+        32 * MIB,
+        "most voxels in one decoded volume, checked from the header before inflating (32 Mi = 3.8x a BraTS "
+        "240 x 240 x 155 volume)",
+        "limits",
+    )
+    max_grid_side: int = setting(512, "longest axis of a case's grid in voxels (2.1x BraTS's 240)", "limits")
+    max_view_side: int = setting(512, "largest height/width of a ScoreViews tensor in pixels", "limits")
+    max_streams: int = setting(
+        64, "concurrent ScoreBatch streams; more get RESOURCE_EXHAUSTED at once", "limits"
+    )
+    stream_idle_s: float = setting(
+        60.0,
+        "seconds: a ScoreBatch stream with nothing in flight that sends nothing for this long is ended with "
+        "DEADLINE_EXCEEDED",
+        "limits",
+    )
+    max_batch_size: int = setting(24, "views per inference batch (3 views per case)", "batching")
+    max_queue_delay_ms: float = setting(
+        5.0, "milliseconds the first view of a batch waits for more to arrive", "batching"
+    )
+    max_queue: int = setting(
+        768, "views waiting for inference before new requests get RESOURCE_EXHAUSTED", "batching"
+    )
+    batch_workers: int = setting(
+        1, "threads running inference batches (2 overlaps host work with a GPU)", "batching"
+    )
+    allowed_roots: tuple[str, ...] = setting(
+        (),
+        "folder server-side paths must lie in (after resolving symlinks); repeatable (environment: "
+        "os.pathsep-separated); none disables server-side paths",
+        "security",
+        flag="--allowed-root",
+        append=True,
+        metavar="DIR",
+    )
+    tls_cert: str = setting("", "PEM server certificate chain (give --tls-key too)", "security")
+    tls_key: str = setting("", "PEM server private key (give --tls-cert too)", "security")
+    tls_client_ca: str = setting(
+        "", "PEM CA bundle: clients must present a certificate it signed (mutual TLS)", "security"
+    )
+    token: str = setting(
+        "",
+        "bearer token clients must send as 'authorization: Bearer <token>'; empty disables",
+        "secret",
+        flag="",
+    )
+    token_file: str = setting(
+        "",
+        "read the bearer token from this file instead of DQE_TOKEN (keeps it out of the environment)",
+        "security",
+    )
+    metrics_port: int = setting(
+        9464, "Prometheus /metrics HTTP port; 0 picks a free one, negative disables", "observability"
+    )
+    metrics_host: str = setting("0.0.0.0", "interface for the metrics server", "observability")
+    grace_s: float = setting(30.0, "seconds in-flight calls get to finish after SIGTERM", "network")
+    max_connection_age_s: float = setting(
+        300.0,
+        "seconds after which a client connection is asked to reconnect (HTTP/2 GOAWAY; its calls go on), so "
+        "clients that balance over DNS or a headless Service find new replicas; 0 = never",
+        "network",
+    )
+    max_connection_age_grace_s: float = setting(
+        600.0,
+        "seconds the calls of a connection asked to reconnect may still run before it is closed (600 = the "
+        "default --max-call-s, so no call within its limit is cut)",
+        "network",
+    )
+    max_call_s: float = setting(
+        600.0,
+        "seconds one call may be processed, whether or not the client set a deadline (a call without a "
+        "deadline runs as long as it takes up to this); 0 = no server-side limit",
+        "network",
+    )
+    warmup: bool = setting(True, "run a warm-up batch before reporting SERVING", "batching")
+    reflection: bool = setting(True, "gRPC server reflection (grpcurl)", "network")
+    log_format: str = setting(
+        "json",
+        "log lines on stderr: one JSON object per line, or text",
+        "observability",
+        choices=("json", "text"),
+    )
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING, ERROR", "observability")
+    model_id: str = setting(EngineSettings.default("model_id"), "model id", "engine", flag="--model")
+    providers: tuple[str, ...] = setting(
+        EngineSettings.default("providers"), "comma-separated: auto, tensorrt, cuda, cpu", "engine"
+    )
+    precision: str = setting(
+        EngineSettings.default("precision"), "fp32 (reference parity), bf16, fp16 or auto", "engine"
+    )
+    backend: str = setting(EngineSettings.default("backend"), "auto, onnxruntime or openvino", "engine")
+    intra_op_threads: int = setting(
+        EngineSettings.default("intra_op_threads"),
+        "inference intra-op threads, 0 = all cores",
+        "engine",
+        flag="--threads",
+    )
+    alpha: float = setting(
+        0.0,
+        "the QC gate's default significance level for calls whose ScoreOptions.alpha is unset (flag a "
+        "segmentation when its combined conformal p-value is <= alpha); 0 = the gate configuration's",
+        "gate",
+    )
 
     def __post_init__(self) -> None:
         _check_alpha_setting(self.alpha)
@@ -353,6 +449,9 @@ class ServerConfig(Settings):
             raise InvalidInput(
                 f"max_call_s is {self.max_call_s}; expected >= 0 (0 = no limit)", field="max_call_s"
             )
+        for name in ("max_connection_age_s", "max_connection_age_grace_s"):
+            if getattr(self, name) < 0:
+                raise InvalidInput(f"{name} is {getattr(self, name)}; expected >= 0 (0 = off)", field=name)
         if self.max_queue_delay_ms < 0 or self.grace_s < 0:
             raise InvalidInput("max_queue_delay_ms and grace_s must be >= 0", field="max_queue_delay_ms")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -410,6 +509,38 @@ class ServerConfig(Settings):
     def engine_config(self) -> EngineConfig:
         """The :class:`dqe.service.engine.EngineConfig` these settings describe."""
         return engine_config_of(self)
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type[Settings]) -> None:
+    """Add one flag per field of ``cls`` that was defined with :func:`setting`, grouped by its ``group``,
+    with help ``"<doc> (env DQE_<NAME>, default <default>)"``. Flags default to ``None`` (= not given), so
+    :meth:`Settings.from_sources` falls back to the environment, then to the field's own default."""
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        meta = f.metadata
+        if "doc" not in meta or meta["flag"] == "":
+            continue
+        if meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
+        group = groups[meta["group"]]
+        shown = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+        default = f", default {shown}" if shown not in ("", ()) else ""
+        help_text = f"{meta['doc']} (env {cls.env_name(f.name)}{default})".replace("%", "%%")
+        name = meta["flag"] or "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            flag = f"--no-{f.name.replace('_', '-')}" if f.default else name
+            group.add_argument(flag, dest=f.name, action="store_const", const=not f.default, help=help_text)
+            continue
+        kind = type(f.default) if isinstance(f.default, (int, float)) else str
+        group.add_argument(
+            name,
+            dest=f.name,
+            type=kind,
+            action="append" if meta["append"] else "store",
+            choices=meta["choices"] or None,
+            metavar=meta["metavar"],
+            help=help_text,
+        )
 
 
 def _coerce(name: str, default: Any, value: Any, source: str) -> Any:

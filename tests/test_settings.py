@@ -134,3 +134,30 @@ def test_first_use_with_an_empty_model_home_prints_only_json(phantom_dir: Path, 
     result = json.loads(proc.stdout)  # the whole of stdout is one JSON document
     assert 1.0 <= result["mean_stars"] <= 6.0
     assert (tmp_path / "home" / "models").is_dir()
+
+
+def test_serve_flags_are_generated_from_server_config_fields() -> None:
+    """Every ServerConfig field but the secret token has a flag whose help names its DQE_* variable and the
+    field's own default; a flag given wins over the environment, an absent one falls back to it."""
+    import argparse
+    import dataclasses
+
+    from dqe.service.settings import add_flags
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser, ServerConfig)
+    by_dest = {a.dest: a for a in parser._actions if a.dest != "help"}
+    fields = {f.name: f for f in dataclasses.fields(ServerConfig)}
+    assert set(by_dest) == set(fields) - {"token"}
+    for name, action in by_dest.items():
+        assert ServerConfig.env_name(name) in action.help, name
+        default = fields[name].default
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        if shown not in ("", ()) and not isinstance(default, bool):
+            assert f"default {shown}" in action.help.replace("%%", "%"), name
+    args = parser.parse_args(
+        ["--threads", "3", "--allowed-root", "/a", "--allowed-root", "/b", "--no-warmup"]
+    )
+    config = ServerConfig.from_sources(vars(args), env={"DQE_THREADS": "5", "DQE_PORT": "6000"})
+    assert (config.intra_op_threads, config.allowed_roots, config.warmup) == (3, ("/a", "/b"), False)
+    assert (config.port, config.max_batch_size) == (6000, ServerConfig.default("max_batch_size"))

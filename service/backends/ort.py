@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dqe.models.errors import UnsupportedMode
-from dqe.service.backends.config import GPU_PROVIDERS, Plan
+from dqe.service.backends.config import CPU_ARENA_MODES, GPU_PROVIDERS, Plan
 
 if TYPE_CHECKING:
     from dqe.models.artifacts import ModelArtifacts
@@ -42,14 +42,35 @@ logger = logging.getLogger(__name__)
 MAX_STATIC_SESSIONS = 8
 
 
+def run_options(config: EngineConfig) -> Any:
+    """Options of each run: with ``cpu_arena="shrink"``, the CPU arena hands its free chunks back after the run
+    (so resident memory at rest does not stay at what the largest batch needed)."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    if config.cpu_arena == "shrink":
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 def session_options(config: EngineConfig) -> Any:
-    """Graph optimisation ALL, the configured thread counts and (by default) no spin-waiting workers."""
+    """Graph optimisation ALL, the configured thread counts, the CPU arena mode and (by default) no spin-waiting
+    workers.
+
+    Raises:
+        UnsupportedMode: ``cpu_arena`` is not one of :data:`CPU_ARENA_MODES`.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = config.intra_op_threads
     opts.inter_op_num_threads = config.inter_op_threads
+    if config.cpu_arena not in CPU_ARENA_MODES:
+        raise UnsupportedMode(
+            f"cpu_arena is {config.cpu_arena!r}; expected one of {list(CPU_ARENA_MODES)}", field="cpu_arena"
+        )
+    opts.enable_cpu_mem_arena = config.cpu_arena != "off"
     spin = "1" if config.spin_wait else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
@@ -75,10 +96,12 @@ class OrtBackend:
         )
         self.providers = list(self.session.get_providers())
         self.input_name = self.session.get_inputs()[0].name
+        self.run_options = run_options(config)
         logger.info("onnxruntime session for %s on %s (fp32)", artifacts.model_id, self.providers)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        out = self.session.run(None, feed, self.run_options)[0]
         return np.asarray(out, dtype=np.float32).reshape(-1)
 
     def describe(self) -> dict[str, Any]:

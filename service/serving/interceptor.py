@@ -1,17 +1,18 @@
 """The one place where errors become gRPC status codes, plus auth, request ids, metrics and call logs.
 
-Every call goes through :class:`ServiceInterceptor`:
+Every call goes through :class:`ServiceInterceptor`, which reads what a method gets from its entry in the
+method-policy table (:data:`dqe.service.serving.policy.METHODS`), never from its name:
 
 * a request id (the caller's ``x-request-id`` metadata when it is 1-64 characters of ``[A-Za-z0-9._:-]``,
   else a fresh one, with the caller's value logged beside it, truncated) is sent back in the initial
   metadata, set in a context variable for log records and the response, and logged with the outcome;
-* when a bearer token is configured, calls other than health checks must carry
+* when a bearer token is configured, calls to methods whose policy has ``auth`` (all but health) must carry
   ``authorization: Bearer <token>``. The token is checked here, from the metadata, before gRPC reads the
   request: a call without a valid token gets a handler that takes the request as a stream and never reads it,
   so its message is neither received into Python, deserialised nor decoded (gRPC core still buffers what
   HTTP/2 flow control lets the client send before the UNAUTHENTICATED status resets the stream: at most the
   stream's window, a few MiB);
-* health ``Check`` and ``GetModelInfo`` run on their own small thread pool, so they are answered whatever the
+* ``control`` methods (health ``Check``, ``GetModelInfo``) run on their own small thread pool, answered whatever the
   scoring load;
 * a scoring call is admitted when it arrives, before its request is read: it takes a handler-thread slot (at
   most ``max_scoring_calls``) and its queue's slot (:meth:`Runtime.admit`: pending ScoreCase decodes, open
@@ -33,23 +34,20 @@ import re
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 
 from dqe.models.errors import CallCancelled, DQEError, InvalidInput, Overloaded, Unauthenticated
+from dqe.service.serving.policy import METHODS, MethodPolicy, policy_for
 from dqe.service.serving.runtime import ADMITTED, Slots, Ticket, drop_traceback
 from dqe.service.serving.telemetry import Metrics
 
 logger = logging.getLogger(__name__)
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("dqe_request_id", default="-")
-AUTH_EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
-# Unary calls that must answer under any load: run on the control pool, never counted as scoring.
-CONTROL_METHODS = ("/grpc.health.v1.Health/Check", "/dqe.v1.QualityEstimation/GetModelInfo")
-SCORING_PREFIX = "/dqe.v1.QualityEstimation/Score"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_STATUS_CHARS = 1000  # status messages are cut to this (they may quote client values)
 
@@ -95,9 +93,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         metrics: Metrics | None = None,
         control_pool: ThreadPoolExecutor | None = None,
         max_scoring_calls: int = 0,
-        admission: Callable[[str], Ticket | None] | None = None,
+        max_calls: int = 0,
+        admission: Callable[[MethodPolicy], Ticket | None] | None = None,
         refusal_pool: ThreadPoolExecutor | None = None,
-        turn: Callable[[str, grpc.ServicerContext], Ticket | None] | None = None,
+        turn: Callable[[MethodPolicy, grpc.ServicerContext], Ticket | None] | None = None,
+        policies: Mapping[str, MethodPolicy] = METHODS,
     ) -> None:
         self._token = token.encode() if token else b""
         self._metrics = metrics
@@ -105,6 +105,10 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         self._refusal_pool = refusal_pool
         self._admission = admission
         self._turn = turn
+        self._policies = policies
+        # Our own limit on calls in progress, in place of gRPC's maximum_concurrent_rpcs, which refuses health
+        # checks too: control methods (health Check, GetModelInfo) are not counted; health watches are, as they hold a thread.
+        self.calls = Slots(max_calls, "calls in progress", "max_concurrent_rpcs") if max_calls else None
         self.scoring = (
             Slots(max_scoring_calls, "scoring calls in progress", "handler_threads")
             if max_scoring_calls
@@ -130,33 +134,57 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                 rid,
                 extra={"event": "request_id_replaced", "client_request_id": rejected, "request_id": rid},
             )
-        auth_error = self._auth_error(method, metadata)
+        policy = policy_for(method, self._policies)
+        auth_error = self._auth_error(policy, metadata)
         if auth_error is not None:
-            return self._refusal(handler, method, rid, auth_error)
-        pool = self._control_pool if method in CONTROL_METHODS else None
-        if not method.startswith(SCORING_PREFIX):
+            return self._refusal(handler, method, rid, auth_error, policy)
+        pool = self._control_pool if policy.control else None
+        counted = self.calls is not None and not policy.control
+        if not counted and not policy.scoring and policy.queue is None and policy.turn is None:
             return _wrap(
-                handler, lambda behavior, streaming: self._guard(behavior, streaming, method, rid), pool
+                handler,
+                lambda behavior, streaming: self._guard(behavior, streaming, method, rid, policy),
+                pool,
+                lenient_stream=policy.lenient_stream,
             )
         try:
-            tickets = self._admit(method)
+            tickets = self._admit(policy)
         except Overloaded as exc:
-            return self._refusal(handler, method, rid, exc)
-        if self._turn is not None and handler.unary_unary is not None:
-            handler = _received_in_turn(handler, lambda context: self._turn(method, context))  # type: ignore[misc]
+            return self._refusal(handler, method, rid, exc, policy)
+        if not policy.scoring and policy.queue is None and policy.turn is None:
+            return self._hold(
+                _wrap(
+                    handler,
+                    lambda behavior, streaming: self._guard(
+                        behavior, streaming, method, rid, policy, tickets
+                    ),
+                    lenient_stream=policy.lenient_stream,
+                ),
+                tickets,
+            )
+        lenient = policy.lenient_stream
+        if self._turn is not None and policy.turn is not None and handler.unary_unary is not None:
+            handler = _received_in_turn(handler, lambda context: self._turn(policy, context))  # type: ignore[misc]
+            lenient = (
+                True  # a unary request taken as a stream: it still parses leniently, as unary requests do
+            )
         wrapped = _wrap(
             handler,
-            lambda behavior, streaming: self._guard(behavior, streaming, method, rid, tickets),
-            lenient_stream=True,  # ScoreBatch answers an item that does not parse with an item error
+            lambda behavior, streaming: self._guard(behavior, streaming, method, rid, policy, tickets),
+            lenient_stream=lenient,
         )
-        # gRPC may still drop the call without running its behaviour (its own maximum_concurrent_rpcs, a
-        # caller gone before its request arrived): the slots are then released when gRPC lets go of the handler.
+        return self._hold(wrapped, tickets)
+
+    @staticmethod
+    def _hold(wrapped: grpc.RpcMethodHandler, tickets: tuple[Ticket, ...]) -> grpc.RpcMethodHandler:
+        """``wrapped``, whose slots are also released when gRPC lets go of it without running its behaviour (a
+        caller gone before its request arrived)."""
         behaviour = next(b for b in (wrapped.unary_unary, wrapped.unary_stream, wrapped.stream_unary,
                                      wrapped.stream_stream) if b is not None)  # fmt: skip
         weakref.finalize(behaviour, _release, tickets)
         return wrapped
 
-    def _admit(self, method: str) -> tuple[Ticket, ...]:
+    def _admit(self, policy: MethodPolicy) -> tuple[Ticket, ...]:
         """The slots a scoring call holds from its arrival (before its request is read) until it ends: a
         handler thread and its queue's slot (:meth:`Runtime.admit`).
 
@@ -165,9 +193,11 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         """
         tickets: list[Ticket] = []
         try:
-            if self.scoring is not None:
+            if self.calls is not None and not policy.control:
+                tickets.append(self.calls.take())
+            if self.scoring is not None and policy.scoring:
                 tickets.append(self.scoring.take())
-            queued = self._admission(method) if self._admission is not None else None
+            queued = self._admission(policy) if self._admission is not None else None
             if queued is not None:
                 tickets.append(queued)
         except Overloaded:
@@ -176,7 +206,7 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         return tuple(tickets)
 
     def _refusal(
-        self, handler: grpc.RpcMethodHandler, method: str, rid: str, error: DQEError
+        self, handler: grpc.RpcMethodHandler, method: str, rid: str, error: DQEError, policy: MethodPolicy
     ) -> grpc.RpcMethodHandler:
         """A handler that ends the call with ``error`` without reading its request, on the refusal pool.
 
@@ -187,12 +217,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         """
 
         def refuse(request_iterator: Any, context: grpc.ServicerContext) -> Any:
-            token = self._enter(context, rid)
+            token = self._enter(context, rid, policy)
             start = time.perf_counter()
             try:
                 self._handle(error, context, method, rid)
             finally:
-                self._exit(context, method, rid, start, token)
+                self._exit(context, method, rid, start, token, policy)
 
         def refuse_stream(request_iterator: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             refuse(request_iterator, context)
@@ -205,8 +235,8 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             )
         return grpc.stream_unary_rpc_method_handler(_on_pool(refuse, self._refusal_pool), **kwargs)
 
-    def _auth_error(self, method: str, metadata: dict[str, Any]) -> Unauthenticated | None:
-        if not self._token or method.startswith(AUTH_EXEMPT_PREFIXES):
+    def _auth_error(self, policy: MethodPolicy, metadata: dict[str, Any]) -> Unauthenticated | None:
+        if not self._token or not policy.auth:
             return None
         value = metadata.get("authorization")
         if not value:
@@ -225,12 +255,13 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         streaming: bool,
         method: str,
         rid: str,
+        policy: MethodPolicy,
         tickets: tuple[Ticket, ...] = (),
     ) -> Callable[..., Any]:
         if streaming:
 
             def stream_behavior(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                token = self._enter(context, rid)
+                token = self._enter(context, rid, policy)
                 admitted = ADMITTED.set(tickets)
                 start = time.perf_counter()
                 try:
@@ -243,12 +274,12 @@ class ServiceInterceptor(grpc.ServerInterceptor):
                     _release((*tickets, *ADMITTED.get()))
                     with contextlib.suppress(ValueError):  # a generator closed from another thread's context
                         ADMITTED.reset(admitted)
-                    self._exit(context, method, rid, start, token)
+                    self._exit(context, method, rid, start, token, policy)
 
             return stream_behavior
 
         def unary_behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            token = self._enter(context, rid)
+            token = self._enter(context, rid, policy)
             admitted = ADMITTED.set(tickets)
             start = time.perf_counter()
             try:
@@ -260,15 +291,15 @@ class ServiceInterceptor(grpc.ServerInterceptor):
             finally:
                 _release((*tickets, *ADMITTED.get()))
                 ADMITTED.reset(admitted)
-                self._exit(context, method, rid, start, token)
+                self._exit(context, method, rid, start, token, policy)
 
         return unary_behavior
 
-    def _enter(self, context: grpc.ServicerContext, rid: str) -> contextvars.Token[str]:
+    def _enter(self, context: grpc.ServicerContext, rid: str, policy: MethodPolicy) -> contextvars.Token[str]:
         token = REQUEST_ID.set(rid)
         with contextlib.suppress(ValueError):  # metadata already sent by the handler
             context.send_initial_metadata((("x-request-id", rid),))
-        if self._metrics is not None:
+        if self._metrics is not None and policy.in_flight:
             self._metrics.in_flight.inc()
         return token
 
@@ -293,17 +324,19 @@ class ServiceInterceptor(grpc.ServerInterceptor):
         rid: str,
         start: float,
         token: contextvars.Token[str],
+        policy: MethodPolicy,
     ) -> None:
         elapsed = time.perf_counter() - start
         code = _code_name(context)
         if self._metrics is not None:
-            self._metrics.in_flight.dec()
+            if policy.in_flight:
+                self._metrics.in_flight.dec()
             self._metrics.requests.labels(method, code).inc()
             self._metrics.latency.labels(method).observe(elapsed)
             if code != "OK":
                 self._metrics.errors.labels(method, code).inc()
         # Probes call health every few seconds: keep them out of the INFO log unless they fail.
-        quiet = method.startswith(AUTH_EXEMPT_PREFIXES) and code == "OK"
+        quiet = not policy.auth and code == "OK"
         logger.log(
             logging.DEBUG if quiet else logging.INFO,
             "rpc %s %s %.1f ms",

@@ -12,9 +12,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
+from dqe.models.buffers import BufferPool
 from dqe.models.errors import CallCancelled, DeadlineExpired, InvalidInput, ModelNotReady, Overloaded
 from dqe.service.serving.batcher import DynamicBatcher
 from dqe.service.serving.paths import PathPolicy
+from dqe.service.serving.policy import MethodPolicy
 from dqe.service.settings import ServerConfig
 
 if TYPE_CHECKING:
@@ -223,6 +225,8 @@ class Runtime:
         default_factory=lambda: Slots(16, "ScoreViews requests received", "max_receiving_views")
     )
     streams: Slots = field(default_factory=lambda: Slots(64, "ScoreBatch streams", "max_streams"))
+    # Decode buffers reused across calls (no fresh memory per request); bounded by the decode budget.
+    buffers: BufferPool | None = None
     decode_s: float = 0.0  # moving average of one case's decode + preprocessing time (seconds)
 
     def observe_decode(self, seconds: float) -> None:
@@ -234,50 +238,50 @@ class Runtime:
         ahead = max(self.decodes.held - self.config.decode_workers, 0)
         return ahead * self.decode_s / self.config.decode_workers
 
-    def admit(self, method: str) -> Ticket | None:
-        """Take the queue slot a call to ``method`` needs, when the call arrives (before its request is read;
-        see :class:`dqe.service.serving.interceptor.ServiceInterceptor`): a decode slot for ``ScoreCase``, a
-        stream slot for ``ScoreBatch``, nothing for other methods.
+    def admit(self, policy: MethodPolicy) -> Ticket | None:
+        """Take the queue slot a call's ``policy`` names (``queue``), when the call arrives (before its request is
+        read; see :class:`dqe.service.serving.interceptor.ServiceInterceptor`): a decode slot for ``ScoreCase``,
+        a stream slot for ``ScoreBatch``, nothing for methods without a queue.
 
         Raises:
             Overloaded: that queue is full (the caller gets RESOURCE_EXHAUSTED without sending its request).
         """
-        if method.endswith("/ScoreCase"):
-            return self.decodes.take()
-        if method.endswith("/ScoreBatch"):
-            return self.streams.take()
-        return None
+        return None if policy.queue is None else self.slots(policy.queue).take()
 
-    def turn(self, method: str, context: grpc.ServicerContext) -> Ticket | None:
-        """Wait until an admitted call to ``method`` may receive its request (called before the interceptor
-        reads it): a ``ScoreCase`` waits for one of ``max_receiving`` slots, held until its decoding is over,
-        so the bodies of the calls queued behind stay at the client (HTTP/2 flow control) instead of piling up
-        in the server. A ``ScoreViews`` waits likewise for one of ``max_receiving_views`` slots, held until
-        it ends. The slot is leased for ``receive_lease_s``: a caller whose request has not arrived by then (a
-        stalled or trickling sender) loses it to the next call and goes on waiting without it. Other methods
-        do not wait.
+    def slots(self, name: str) -> Slots:
+        """The slots a :class:`MethodPolicy` names (``decodes``, ``streams``, ``receiving``, ...)."""
+        found = getattr(self, name)
+        assert isinstance(found, Slots), name
+        return found
+
+    def turn(self, policy: MethodPolicy, context: grpc.ServicerContext) -> Ticket | None:
+        """Wait until an admitted call may receive its request (called before the interceptor reads it): for one
+        of the ``policy.turn`` slots (``ScoreCase``: ``max_receiving``, held until its decoding is over, so the
+        bodies of the calls queued behind stay at the client by HTTP/2 flow control instead of piling up in the
+        server; ``ScoreViews``: ``max_receiving_views``, held until it ends). The slot is leased for
+        ``receive_lease_s``: a caller whose request has not arrived by then (a stalled or trickling sender)
+        loses it to the next call and goes on waiting without it. Methods without ``turn`` do not wait.
 
         Returns:
             The receiving slot (the interceptor calls :meth:`Ticket.keep` once the request arrived), or ``None``.
 
         Raises:
-            Overloaded: the decoding queued ahead of the call (from the moving average of decode times) would
-                outlast its deadline; refused now instead of at the deadline.
+            Overloaded: with ``policy.predict_wait``, the decoding queued ahead of the call (from the moving
+                average of decode times) would outlast its deadline; refused now instead of at the deadline.
             DeadlineExpired, CallCancelled: the deadline passed or the caller left while it waited.
         """
-        call = CallInfo(context, self.config.max_call_s)
-        if method.endswith("/ScoreViews"):
-            return self._take_turn(self.receiving_views, call, "its request was received")
-        if not method.endswith("/ScoreCase"):
+        if policy.turn is None:
             return None
-        wait, left = self.expected_decode_wait(), call.remaining()
-        if left is not None and wait > left:
-            raise Overloaded(
-                f"about {wait:.1f} s of decoding is queued ahead of this call, more than its {left:.1f} s "
-                "deadline; retry with backoff",
-                field="deadline",
-            )
-        return self._take_turn(self.receiving, call, "its request was received (the server is busy decoding)")
+        call = CallInfo(context, self.config.max_call_s)
+        if policy.predict_wait:
+            wait, left = self.expected_decode_wait(), call.remaining()
+            if left is not None and wait > left:
+                raise Overloaded(
+                    f"about {wait:.1f} s of decoding is queued ahead of this call, more than its {left:.1f} s "
+                    "deadline; retry with backoff",
+                    field="deadline",
+                )
+        return self._take_turn(self.slots(policy.turn), call, policy.turn_stage)
 
     def _take_turn(self, slots: Slots, call: CallInfo, stage: str) -> Ticket:
         ticket = slots.take_waiting(call, stage, self.config.receive_lease_s)

@@ -22,13 +22,16 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from dqe.models.artifacts import ensure_model
+from dqe.models.buffers import BufferPool
 from dqe.models.errors import InvalidInput
+from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
 from dqe.service.engine import Engine
 from dqe.service.hardware import Hardware, detect
 from dqe.service.serving.batcher import DynamicBatcher
 from dqe.service.serving.interceptor import REQUEST_ID, ServiceInterceptor
 from dqe.service.serving.paths import PathPolicy
+from dqe.service.serving.policy import check_table, service_methods
 from dqe.service.serving.runtime import DecodeBudget, Runtime, Slots
 from dqe.service.serving.servicer import SERVICE_NAME, QualityEstimationServicer
 from dqe.service.serving.telemetry import Metrics
@@ -78,6 +81,7 @@ class DQEServer:
                 config.max_receiving_views, "ScoreViews requests received", "max_receiving_views"
             ),
             streams=Slots(config.max_streams, "ScoreBatch streams", "max_streams"),
+            buffers=BufferPool(config.decode_budget_bytes, idle_s=BUFFER_IDLE_S),
         )
         self._engine = engine
         self.ready = threading.Event()
@@ -94,6 +98,7 @@ class DQEServer:
                     metrics=self.metrics,
                     control_pool=self.control_pool,
                     max_scoring_calls=config.max_scoring_calls,
+                    max_calls=config.max_concurrent_rpcs,
                     admission=self.runtime.admit,
                     refusal_pool=self.refusal_pool,
                     turn=self.runtime.turn,
@@ -104,18 +109,28 @@ class DQEServer:
                 ("grpc.max_send_message_length", config.max_message_bytes),
                 ("grpc.so_reuseport", 0),
                 ("grpc.http2.bdp_probe", 0),
+                *connection_age_options(config),
             ],
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            # No maximum_concurrent_rpcs: gRPC's limit refuses health checks too; the interceptor enforces
+            # config.max_concurrent_rpcs on every call but the control methods.
+            maximum_concurrent_rpcs=None,
         )
         pb_grpc.add_QualityEstimationServicer_to_server(
             QualityEstimationServicer(self.runtime), self.grpc_server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        services = [
+            pb.DESCRIPTOR.services_by_name["QualityEstimation"],
+            health_pb2.DESCRIPTOR.services_by_name["Health"],
+        ]
         if config.reflection:
-            from grpc_reflection.v1alpha import reflection
+            from grpc_reflection.v1alpha import reflection, reflection_pb2
 
             names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.grpc_server)
+            services.append(reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"])
+        # Every registered RPC must have an entry in the method-policy table: a missing one fails here, at start-up.
+        check_table(m for service in services for m in service_methods(service))
         self.port = self._bind()
 
     # ------------------------------------------------------------------ lifecycle
@@ -139,7 +154,10 @@ class DQEServer:
         """Start serving (health NOT_SERVING) and load + warm up the model in the background."""
         return_memory_eagerly()
         threading.Thread(
-            target=trim_memory_forever, args=(self._stopped,), name="dqe-malloc-trim", daemon=True
+            target=trim_memory_forever,
+            args=(self._stopped, self.runtime.buffers),
+            name="dqe-malloc-trim",
+            daemon=True,
         ).start()
         self.grpc_server.start()
         if self.config.metrics_port >= 0:
@@ -236,6 +254,18 @@ class DQEServer:
         return bool(self.grpc_server.wait_for_termination(timeout))
 
 
+def connection_age_options(config: ServerConfig) -> list[tuple[str, int]]:
+    """gRPC channel options that send a GOAWAY to connections older than ``max_connection_age_s`` and close them
+    ``max_connection_age_grace_s`` later (none when the age is 0)."""
+    if config.max_connection_age_s <= 0:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1e3)),
+        ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1e3)),
+    ]
+
+
+BUFFER_IDLE_S = 2.0  # decode buffers unused this long leave the process (warm RSS at rest stays low)
 M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 1024 * 1024
@@ -281,16 +311,18 @@ def return_memory_eagerly() -> bool:
     return ok
 
 
-def trim_memory_forever(stop: threading.Event, every_s: float = 5.0) -> None:
-    """Every ``every_s`` seconds, hand the free pages of glibc's heaps back to the OS (``malloc_trim(0)``,
-    a few ms), so memory freed after a burst of requests leaves the process instead of staying resident in
-    the per-thread arenas of the handler threads that received them."""
+def trim_memory_forever(stop: threading.Event, pool: BufferPool | None = None, every_s: float = 1.0) -> None:
+    """Every ``every_s`` seconds, drop the decode buffers idle for :data:`BUFFER_IDLE_S` and hand the free pages
+    of glibc's heaps back to the OS (``malloc_trim(0)``, a few ms), so memory freed after a burst of requests
+    leaves the process instead of staying resident in the pool or in the per-thread arenas of the handler
+    threads that received them."""
     libc = _libc()
     trim = getattr(libc, "malloc_trim", None) if libc is not None else None
-    if trim is None:
-        return
     while not stop.wait(every_s):
-        trim(0)
+        if pool is not None:
+            pool.trim()
+        if trim is not None:
+            trim(0)
 
 
 def probe_hardware() -> Hardware:

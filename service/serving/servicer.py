@@ -125,6 +125,7 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
 
     def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfo:
         engine, batcher = self.rt.ready()
+        cfg = self.rt.config
         info = engine.info()
         contract = engine.contract
         return pb.ModelInfo(
@@ -139,8 +140,14 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
             card_json=json.dumps(info.get("card", {}), sort_keys=True, default=str),
             runtime=model_ref(engine),
             max_batch_size=batcher.max_batch_size,
-            max_receive_message_bytes=self.rt.config.max_message_bytes,
+            max_receive_message_bytes=cfg.max_message_bytes,
             server_paths_enabled=self.rt.paths.enabled,
+            max_volume_voxels=cfg.max_volume_voxels,
+            max_grid_side=cfg.max_grid_side,
+            max_view_side=cfg.max_view_side,
+            max_streams=cfg.max_streams,
+            max_call_seconds=cfg.max_call_s,
+            decode_budget_bytes=cfg.decode_budget_bytes,
         )
 
     # ------------------------------------------------------------------ scoring
@@ -266,6 +273,7 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
             max_side=cfg.max_grid_side,
             max_file_bytes=cfg.max_message_bytes,
             reserve=reservation.reserve,
+            pool=self.rt.buffers,
         )
 
     def _decode_files(
@@ -380,6 +388,7 @@ def _decode_all(
         max_file_bytes=limits.max_file_bytes,
         reserve=limits.reserve,
         check=check,
+        pool=limits.pool,
     )
     ctx = contextvars.copy_context()
     with ThreadPoolExecutor(max_workers=min(4, len(jobs)), thread_name_prefix="dqe-decode-file") as pool:
