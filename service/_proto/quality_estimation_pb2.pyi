@@ -317,7 +317,7 @@ class ScoreBatchResponse(_message.Message):
     def __init__(self, index: _Optional[int] = ..., case_id: _Optional[str] = ..., result: _Optional[_Union[ScoreResponse, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_id", "onnx_sha256", "weights_sha256", "contract_version", "views", "channels", "spatial_size", "contract_json", "card_json", "runtime", "max_batch_size", "max_receive_message_bytes", "server_paths_enabled")
+    __slots__ = ("model_id", "onnx_sha256", "weights_sha256", "contract_version", "views", "channels", "spatial_size", "contract_json", "card_json", "runtime", "max_batch_size", "max_receive_message_bytes", "server_paths_enabled", "max_volume_voxels", "max_grid_side", "max_view_side", "max_streams", "max_call_seconds", "decode_budget_bytes")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     ONNX_SHA256_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +331,12 @@ class ModelInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_RECEIVE_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SERVER_PATHS_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MAX_VOLUME_VOXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_GRID_SIDE_FIELD_NUMBER: _ClassVar[int]
+    MAX_VIEW_SIDE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DECODE_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     onnx_sha256: str
     weights_sha256: str
@@ -344,7 +350,13 @@ class ModelInfo(_message.Message):
     max_batch_size: int
     max_receive_message_bytes: int
     server_paths_enabled: bool
-    def __init__(self, model_id: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., contract_version: _Optional[str] = ..., views: _Optional[_Iterable[str]] = ..., channels: _Optional[_Iterable[str]] = ..., spatial_size: _Optional[_Iterable[int]] = ..., contract_json: _Optional[str] = ..., card_json: _Optional[str] = ..., runtime: _Optional[_Union[ModelRef, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., server_paths_enabled: _Optional[bool] = ...) -> None: ...
+    max_volume_voxels: int
+    max_grid_side: int
+    max_view_side: int
+    max_streams: int
+    max_call_seconds: float
+    decode_budget_bytes: int
+    def __init__(self, model_id: _Optional[str] = ..., onnx_sha256: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., contract_version: _Optional[str] = ..., views: _Optional[_Iterable[str]] = ..., channels: _Optional[_Iterable[str]] = ..., spatial_size: _Optional[_Iterable[int]] = ..., contract_json: _Optional[str] = ..., card_json: _Optional[str] = ..., runtime: _Optional[_Union[ModelRef, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_receive_message_bytes: _Optional[int] = ..., server_paths_enabled: _Optional[bool] = ..., max_volume_voxels: _Optional[int] = ..., max_grid_side: _Optional[int] = ..., max_view_side: _Optional[int] = ..., max_streams: _Optional[int] = ..., max_call_seconds: _Optional[float] = ..., decode_budget_bytes: _Optional[int] = ...) -> None: ...
 
 class DicomInstance(_message.Message):
     __slots__ = ("data",)

@@ -2,10 +2,8 @@
 
 Every method the server registers must have an entry in :data:`METHODS`; :func:`check_table` runs when the server
 is built and refuses to start when one is missing, so a new RPC can never run without admission because of its
-name. Adding an RPC is one entry here (plus its servicer method). For example, a client-streaming ``ScoreStudy``
-that decodes like ``ScoreCase`` would be::
-
-    f"/{QE}/ScoreStudy": MethodPolicy(scoring=True, queue="decodes"),
+name. Adding an RPC is one entry here (plus its servicer method): the client-streaming ``ScoreStudy`` (DICOM
+instances) was added as ``MethodPolicy(scoring=True, queue="decodes", lenient_stream=True)``.
 
 Fields name the :class:`dqe.service.serving.runtime.Runtime` slots a call takes; the servicer still releases a
 ``ScoreCase``'s decode and receiving slots as soon as its decoding is over.
@@ -60,6 +58,10 @@ METHODS: Mapping[str, MethodPolicy] = {
     ),
     f"/{QE}/ScoreViews": MethodPolicy(scoring=True, turn="receiving_views"),
     f"/{QE}/ScoreBatch": MethodPolicy(scoring=True, queue="streams", lenient_stream=True),
+    # A DICOM study's instances (client stream): a decode slot on arrival, like ScoreCase; the received bytes
+    # count against max_pending_mb in the servicer; an instance that does not parse ends the call with
+    # INVALID_ARGUMENT (the servicer reads Undecodable items).
+    f"/{QE}/ScoreStudy": MethodPolicy(scoring=True, queue="decodes", lenient_stream=True),
     f"/{QE}/GetModelInfo": MethodPolicy(control=True),
     f"/{HEALTH}/Check": MethodPolicy(auth=False, control=True),
     f"/{HEALTH}/List": MethodPolicy(auth=False, control=True),
