@@ -1,0 +1,59 @@
+"""Per-region evidence of one case: every family's scores, plus the lattice checks that speak for a region.
+
+:func:`region_evidence` runs the full-resolution checks of :mod:`dqe.models.qc.checks` (boundary fit,
+label semantics, resampling, flat cuts, presence) on a :class:`~dqe.models.qc.regional.Regional`, and
+:func:`lattice_scores` turns the site-robust lattice checks (robust z against normal brain) into scores
+of the same form. Both feed the conformal rule of :mod:`dqe.models.qc.decision`.
+"""
+
+from __future__ import annotations
+
+from dqe.models.qc.checks.boundary import boundary_fit
+from dqe.models.qc.checks.evidence import Evidence
+from dqe.models.qc.checks.flatcut import flat_cut
+from dqe.models.qc.checks.presence import presence
+from dqe.models.qc.checks.resampling import staircase
+from dqe.models.qc.checks.semantics import label_semantics
+from dqe.models.qc.context import Context
+from dqe.models.qc.regional import Regional
+from dqe.models.qc.types import REGIONS, Check
+
+# Lattice checks used as conformal scores: name -> (region, family, sign); score = sign * value, so that
+# larger is always worse.
+LATTICE_SCORES: dict[str, tuple[str, str, float]] = {
+    "flair_hyperintensity": ("wt", "intensity", -1.0),
+    "boundary_alignment": ("wt", "boundary_fit", -1.0),
+    "undersegmentation": ("wt", "presence", 1.0),
+    "et_enhancement": ("et", "label_semantics", -1.0),
+    "et_vs_necrosis": ("et", "label_semantics", -1.0),
+    "unlabelled_enhancement": ("et", "presence", 1.0),
+    "enclosed_holes": ("tc", "presence", 1.0),
+}
+
+
+def region_evidence(ctx: Context) -> list[Evidence]:
+    """Every per-region evidence score of the case (empty without normal-brain statistics)."""
+    if ctx.stats is None or ctx.wt_count == 0:
+        return []
+    reg = Regional(ctx)
+    out: list[Evidence] = []
+    for region in REGIONS:
+        out += boundary_fit(reg, region)
+        out += staircase(reg, region)
+    for region in ("wt", "tc"):
+        out += flat_cut(reg, region)
+    out += label_semantics(reg)
+    out += presence(reg)
+    return out
+
+
+def lattice_scores(checks: list[Check]) -> list[Evidence]:
+    """The lattice checks of :data:`LATTICE_SCORES` as evidence (message and threshold kept in the text)."""
+    out = []
+    for c in checks:
+        spec = LATTICE_SCORES.get(c.name)
+        if spec is None:
+            continue
+        region, family, sign = spec
+        out.append(Evidence(c.name, region, family, sign * c.value, c.unit, c.message, "", floor=0.02))
+    return out
