@@ -60,7 +60,7 @@ def features(
 
 def fit_region(x: np.ndarray, y_loss: np.ndarray) -> tuple[float, np.ndarray]:
     """(intercept, coefficients) >= 0 minimising squared error of ``1 - Dice``."""
-    from scipy.optimize import nnls
+    from scipy.optimize import nnls  # lazy: only fitting (make gate-calibration) needs it, never serving
 
     a = np.hstack([np.ones((x.shape[0], 1)), x])
     coef, _ = nnls(a, y_loss)

@@ -31,8 +31,8 @@ from dqe.models.qc.config import GateConfig
 from dqe.models.qc.context import Context
 from dqe.models.qc.decision import COMBINATION, Calibration, Decision, decide, load_calibration
 from dqe.models.qc.dicepred import predict_dice
-from dqe.models.qc.regions import LATTICE_SCORES, lattice_scores, region_evidence
-from dqe.models.qc.types import REGIONS, Check, EvidenceSlice, GateResult, RegionResult, Verdict
+from dqe.models.qc.regions import LATTICE_SCORES, SUPERSEDED, lattice_scores, region_evidence
+from dqe.models.qc.types import REGIONS, Check, GateResult, RegionResult, Verdict
 
 if TYPE_CHECKING:
     from dqe.models.case import Case
@@ -136,6 +136,10 @@ def _judged(
     out = []
     for c in checks:
         spec = LATTICE_SCORES.get(c.name)
+        if c.name in SUPERSEDED and decision is not None and c.severity == REVIEW and not c.passed:
+            note = f"{c.message} (judged by {SUPERSEDED[c.name]})"
+            out.append(replace(c, passed=True, message=note, region="et", family="presence"))
+            continue
         if spec is None:
             out.append(c)
             continue
@@ -188,15 +192,11 @@ def _regions(
                 p_value=float(rp.get(region, 1.0)),
                 checks=own,
                 predicted_dice=predicted.get(region),
-                evidence_slices=list(slices[:3]) or _default_slices(checks, region),
+                evidence_slices=list(slices[:3]),
                 consensus_dice=None if consensus is None else consensus.get(region),
             )
         )
     return out
-
-
-def _default_slices(checks: list[Check], region: str) -> list[EvidenceSlice]:
-    return []
 
 
 def evaluate_case(

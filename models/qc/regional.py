@@ -60,27 +60,30 @@ class Regional:
         return {"wt": lab > 0, "tc": tc, "et": et}
 
     def z(self, name: str) -> np.ndarray:
-        """Robust z of modality ``name`` over the box, clipped to :data:`Z_CLIP` (float32)."""
+        """Robust z of modality ``name`` over the box, clipped to :data:`Z_CLIP` (float32; computed once)."""
+        if name not in self._z:
+            self._z[name] = self._robust_z(name)
         return self._z[name]
 
     @cached_property
     def _z(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _robust_z(self, name: str) -> np.ndarray:
         stats = self.ctx.stats
         assert stats is not None
-        out = {}
-        for vol in self.ctx.case.images:
-            raw = np.asarray(vol.data[self.box])
-            img = raw.astype(np.float32)
-            if vol.scaled:
-                img = (raw.astype(np.float64) * vol.slope + vol.inter).astype(np.float32)
-            if img.dtype.kind == "f" and not np.isfinite(img).all():
-                np.nan_to_num(img, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-            med, scale = stats[vol.name]
-            img -= med
-            img /= scale
-            np.clip(img, *Z_CLIP, out=img)
-            out[vol.name] = img
-        return out
+        vol = next(v for v in self.ctx.case.images if v.name == name)
+        raw = np.asarray(vol.data[self.box])
+        img = raw.astype(np.float32)
+        if vol.scaled:
+            img = (raw.astype(np.float64) * vol.slope + vol.inter).astype(np.float32)
+        if not np.isfinite(img).all():
+            np.nan_to_num(img, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        med, scale = stats[name]
+        img -= med
+        img /= scale
+        np.clip(img, *Z_CLIP, out=img)
+        return img
 
     @cached_property
     def brain(self) -> np.ndarray:

@@ -8,6 +8,8 @@ of the same form. Both feed the conformal rule of :mod:`dqe.models.qc.decision`.
 
 from __future__ import annotations
 
+import numpy as np
+
 from dqe.models.qc.checks.boundary import boundary_fit
 from dqe.models.qc.checks.evidence import Evidence
 from dqe.models.qc.checks.flatcut import flat_cut
@@ -26,16 +28,27 @@ LATTICE_SCORES: dict[str, tuple[str, str, float]] = {
     "undersegmentation": ("wt", "presence", 1.0),
     "et_enhancement": ("et", "label_semantics", -1.0),
     "et_vs_necrosis": ("et", "label_semantics", -1.0),
-    "unlabelled_enhancement": ("et", "presence", 1.0),
     "enclosed_holes": ("tc", "presence", 1.0),
 }
+# Lattice checks whose review threshold a full-resolution score replaces (name -> that score's key): their
+# review decision is dropped, their fail thresholds (if any) stay. ``unlabelled_enhancement`` is a volume
+# (2 ml): large expert-labelled tumours exceed it (CBICA_APY 4.3 ml, TCIA03_265 2.6 ml); the share of the
+# lesion's enhancing tissue left out of ET (``et.unlabelled_enhancing``) is what means the same at every size.
+SUPERSEDED: dict[str, str] = {"unlabelled_enhancement": "et.unlabelled_enhancing"}
+
+
+MAX_BOX_VOXELS = 3_000_000  # a tumour box this large is a gross failure: the lattice checks speak for it
 
 
 def region_evidence(ctx: Context) -> list[Evidence]:
-    """Every per-region evidence score of the case (empty without normal-brain statistics)."""
+    """Every per-region evidence score of the case (empty without normal-brain statistics, or when the
+    labels fill a box of more than ``MAX_BOX_VOXELS`` -- labels everywhere, a spill -- where the extent
+    checks decide and a full-resolution search would only cost time)."""
     if ctx.stats is None or ctx.wt_count == 0:
         return []
     reg = Regional(ctx)
+    if int(np.prod([s.stop - s.start for s in reg.box])) > MAX_BOX_VOXELS:
+        return []
     out: list[Evidence] = []
     for region in REGIONS:
         out += boundary_fit(reg, region)
