@@ -474,6 +474,20 @@ def tables(s: dict[str, Any]) -> str:
                 f"| {region.upper()} | {d['n']} | {d['mae']:.3f} | {d['spearman']['r']:.2f} | "
                 f"{100 * d['coverage']:.1f} % | {d['mean_width']:.2f} |"
             )
+    mech = s.get("mechanisms") or {}
+    if mech:
+        lines += [
+            "",
+            f"Issue-13 failure mechanisms (`dqe gate-eval` of the same `make gate-eval`, {mech['n_bad']} failures of "
+            f"the older exams' outputs; compare the issue-13 table above): flagged {mech['flagged_bad']} of "
+            f"{mech['n_bad']}, good flagged {mech['flagged_good']} of {mech['n_good']}, ROC AUC gate "
+            f"{mech['auc_gate']:.3f} (stars {mech['auc_stars']:.3f}).",
+            "",
+            "| mechanism | n | flagged (95 % CI) | failed |",
+            "|---|---|---|---|",
+        ]
+        for m, d in sorted(mech["by_mechanism"].items()):
+            lines.append(f"| {m} | {d['flagged']['n']} | {_pct(d['flagged'])} | {d['failed']['k']} |")
     sp = s["stars_parity"]
     lines += [
         "",
@@ -483,6 +497,22 @@ def tables(s: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def mechanisms_summary(path: Path) -> dict[str, Any]:
+    """The issue-13 mechanism figures of a ``dqe gate-eval`` summary (empty when it does not exist)."""
+    if not path.is_file():
+        return {}
+    m = json.loads(path.read_text())
+    return {
+        "n_bad": m["n_bad"],
+        "n_good": m["n_good"],
+        "flagged_bad": m["flagged_bad"],
+        "flagged_good": m["flagged_good"],
+        "auc_gate": m["auc_gate"],
+        "auc_stars": m["auc_stars"],
+        "by_mechanism": m["detection_by_mechanism"],
+    }
 
 
 def write_docs(md: str) -> None:
@@ -499,7 +529,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=("calibrate", "evaluate"))
+    parser.add_argument("command", choices=("calibrate", "evaluate", "render"))
+    parser.add_argument(
+        "--mechanisms",
+        type=Path,
+        default=REPO / "benchmarks" / "out" / "gate_eval" / "report" / "summary.json",
+        help="the dqe gate-eval summary of the issue-13 mechanisms (make gate-eval writes it first)",
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--first-seed", type=int)
@@ -520,7 +556,15 @@ def main(argv: list[str] | None = None) -> int:
         summary = calibrate(out, args.seeds, 0 if args.first_seed is None else args.first_seed)
     else:
         out = args.out or REPO / "benchmarks" / "out" / "gate_conformal"
-        summary = evaluate(out, args.seeds, 100 if args.first_seed is None else args.first_seed, args.stars)
+        if args.command == "evaluate":
+            summary = evaluate(
+                out, args.seeds, 100 if args.first_seed is None else args.first_seed, args.stars
+            )
+        else:  # render: the tables of an earlier evaluate run (its summary.json), nothing recomputed
+            summary = json.loads((out / "summary.json").read_text())
+        summary["mechanisms"] = mechanisms_summary(args.mechanisms)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        (out / "tables.md").write_text(tables(summary))
         if args.write_docs:
             write_docs((out / "tables.md").read_text())
     print(
