@@ -6,7 +6,9 @@ the region's evidence (each score as its robust z against the good calibration s
 truth (their exact Dice is known), so more evidence never predicts a *higher* Dice. The interval is split
 conformal (Lei et al. 2018): the ``coverage`` quantile of absolute residuals on a calibration split that
 took no part in the fit, ``[d - q, d + q]`` clipped to [0, 1]; marginal coverage >= ``coverage`` under
-exchangeability with those faults. Stars enter as one more feature (``stars``: 6 - mean stars).
+exchangeability with those faults. Stars have a slot (``stars``: 6 - mean stars), but the shipped model was
+fitted on fault rows that were not scored by the network (feature 0), so its coefficient is 0: the predicted
+Dice comes from the evidence alone (the stars rank these faults inversely anyway, issue 13).
 """
 
 from __future__ import annotations

@@ -31,7 +31,13 @@ from dqe.models.qc.config import GateConfig
 from dqe.models.qc.context import Context
 from dqe.models.qc.decision import COMBINATION, Calibration, Decision, decide, load_calibration
 from dqe.models.qc.dicepred import predict_dice
-from dqe.models.qc.regions import LATTICE_SCORES, SUPERSEDED, lattice_scores, region_evidence
+from dqe.models.qc.regions import (
+    CASE_FAMILIES,
+    LATTICE_SCORES,
+    SUPERSEDED,
+    lattice_scores,
+    region_evidence,
+)
 from dqe.models.qc.types import REGIONS, Check, GateResult, RegionResult, Verdict
 
 if TYPE_CHECKING:
@@ -141,7 +147,7 @@ def _judged(
             out.append(replace(c, passed=True, message=note, region="et", family="presence"))
             continue
         if spec is None:
-            out.append(c)
+            out.append(replace(c, family=c.family or CASE_FAMILIES.get(c.name, "")))
             continue
         region, family, _ = spec
         key = f"{region}.{c.name}"
@@ -236,8 +242,8 @@ def evaluate_case(
     checks = _judged(base, own, decision, cfg.alpha, flagged)
     spread = view_spread(dict(result.views), cfg)
     if spread is not None:
-        checks.append(spread)
-    checks.append(stars(float(result.mean_stars), cfg))
+        checks.append(replace(spread, family="scorer"))
+    checks.append(replace(stars(float(result.mean_stars), cfg), family="scorer"))
     verdict = verdict_of(checks)
     if flagged and verdict == Verdict.PASS:
         verdict = Verdict.REVIEW

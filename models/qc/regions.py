@@ -30,6 +30,23 @@ LATTICE_SCORES: dict[str, tuple[str, str, float]] = {
     "et_vs_necrosis": ("et", "label_semantics", -1.0),
     "enclosed_holes": ("tc", "presence", 1.0),
 }
+# Families of the whole-case lattice checks (not conformal: their own thresholds decide).
+CASE_FAMILIES: dict[str, str] = {
+    "tumour_outside_brain": "extent",
+    "tumour_brain_fraction": "extent",
+    "tumour_volume": "extent",
+    "distant_fragments": "extent",
+    "distant_fragment_share": "extent",
+    "distant_fragments_flair": "extent",
+    "orientation": "geometry",
+    "grid": "geometry",
+    "affines": "geometry",
+    "label_convention": "label_semantics",
+    "missing_compartments": "presence",
+    "core_outside_lesion": "label_semantics",
+    "view_spread": "scorer",
+    "stars": "scorer",
+}
 # Lattice checks whose review threshold a full-resolution score replaces (name -> that score's key): their
 # review decision is dropped, their fail thresholds (if any) stay. ``unlabelled_enhancement`` is a volume
 # (2 ml): large expert-labelled tumours exceed it (CBICA_APY 4.3 ml, TCIA03_265 2.6 ml); the share of the
