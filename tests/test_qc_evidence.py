@@ -97,6 +97,11 @@ def test_gate_result_carries_alpha_regions_and_p_values(calibration, clean, tmp_
     bad = evaluate_case(phantom_case(TEST_SEED, make_fault(clean.labels, "swap_et_ncr", 0)), result, cfg)
     assert bad.verdict.value in ("review", "fail") and bad.p_value <= ALPHA
     assert any(r.verdict.value != "pass" for r in bad.regions)
+    for r in bad.regions:  # where to look: slices inside the grid, on a named axis
+        for sl in r.evidence_slices:
+            assert sl.axis in ("sagittal", "coronal", "axial")
+            assert 0 <= sl.index < SHAPE[("sagittal", "coronal", "axial").index(sl.axis)]
+    assert any(r.evidence_slices for r in bad.regions)
     assert "combined p" in " ".join(bad.reasons) or bad.verdict.value == "fail"
     assert result.mean_stars == 5.0  # the gate never alters stars
     low = evaluate_case(

@@ -190,7 +190,10 @@ def _regions(
             verdict = Verdict.REVIEW
         else:
             verdict = Verdict.PASS
-        slices = sorted((s for e in ev if e.region == region for s in e.slices), key=lambda s: -s.strength)
+        # the slices of the region's most anomalous score first (largest z against good segmentations)
+        zs = {} if decision is None else decision.z
+        mine = sorted((e for e in ev if e.region == region), key=lambda e: -zs.get(e.key, -math.inf))
+        slices = [s for e in mine for s in e.slices]
         out.append(
             RegionResult(
                 region=region,

@@ -8,17 +8,19 @@ of the same form. Both feed the conformal rule of :mod:`dqe.models.qc.decision`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from dqe.models.qc.checks.boundary import boundary_fit
-from dqe.models.qc.checks.evidence import Evidence
+from dqe.models.qc.checks.evidence import AXES, Evidence
 from dqe.models.qc.checks.flatcut import flat_cut
 from dqe.models.qc.checks.presence import presence
 from dqe.models.qc.checks.resampling import staircase
 from dqe.models.qc.checks.semantics import label_semantics
 from dqe.models.qc.context import Context
 from dqe.models.qc.regional import Regional
-from dqe.models.qc.types import REGIONS, Check
+from dqe.models.qc.types import REGIONS, Check, EvidenceSlice
 
 # Lattice checks used as conformal scores: name -> (region, family, sign); score = sign * value, so that
 # larger is always worse.
@@ -68,13 +70,28 @@ def region_evidence(ctx: Context) -> list[Evidence]:
         return []
     out: list[Evidence] = []
     for region in REGIONS:
-        out += boundary_fit(reg, region)
-        out += staircase(reg, region)
+        out += _with_sections(reg, region, boundary_fit(reg, region) + staircase(reg, region))
     for region in ("wt", "tc"):
         out += flat_cut(reg, region)
     out += label_semantics(reg)
     out += presence(reg)
     return out
+
+
+def _with_sections(reg: Regional, region: str, ev: list[Evidence]) -> list[Evidence]:
+    """Scores that are not localised (a boundary fit or a staircase concerns the whole border) point to the
+    region's largest cross-section on each axis: where its border is longest, the first slices to look at."""
+    if not ev:
+        return ev
+    m = reg.mask(region)
+    slices = []
+    for axis, name in enumerate(AXES):
+        area = m.sum(axis=tuple(a for a in range(3) if a != axis))
+        if area.size and area.max() > 0:
+            slices.append(
+                EvidenceSlice(name, int(np.argmax(area)) + int(reg.offset[axis]), float(area.max()))
+            )
+    return [replace(e, slices=tuple(slices)) if not e.slices else e for e in ev]
 
 
 def lattice_scores(checks: list[Check]) -> list[Evidence]:
