@@ -11,7 +11,7 @@ PKG_FILES := $(shell find models service training -type f \( -name '*.py' -o -na
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-12)-$(shell echo $(PKG_FILES) | sha256sum | cut -c1-12)
 PROTO_SRC := $(wildcard proto/dqe/v1/*.proto)
 
-.PHONY: imports venv model demo test lint typecheck proto proto-check bench bench-abuse bench-batch-size gate-eval train-smoke seg-smoke clean
+.PHONY: imports venv model demo test lint typecheck proto proto-check bench bench-abuse bench-batch-size gate-eval gate-calibration train-smoke seg-smoke clean
 
 venv: $(STAMP)
 
@@ -91,6 +91,12 @@ bench-batch-size: model
 gate-eval: model
 	$(BIN)/python benchmarks/build_gate_eval_list.py --out benchmarks/out/gate_eval
 	$(BIN)/dqe gate-eval benchmarks/out/gate_eval/list.csv --out benchmarks/out/gate_eval/report
+	$(BIN)/python benchmarks/gate_conformal.py evaluate --write-docs --out benchmarks/out/gate_conformal
+
+# Regenerate the conformal gate's calibration artifact (models/qc/gate_calibration.json: scores of the good
+# segmentations per check and the predicted-Dice model; numbers only) from ../shared/data.
+gate-calibration: venv
+	$(BIN)/python benchmarks/gate_conformal.py calibrate
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -4,7 +4,7 @@ For every real (exam, segmentation) pair in ``../shared/data`` (the algorithm ou
 ``brats2018-groundtruth`` expert segmentations), loaded once, after one warm-up round, ``repeats`` rounds time
 
 * ``checks_ms``: ``evaluate_case`` (the gate's checks; no network: the stars are a fixed dummy result);
-* ``slices_ms``: :func:`dqe.models.qc.regions.add_evidence` without a map (what every gated call now adds:
+* ``slices_ms``: :func:`dqe.models.qc.explain.add_evidence` without a map (what every gated call now adds:
   the lattice disagreement map and the per-region evidence slices);
 * ``map_ms``: the full-resolution map and its NIfTI file (only with ``--evidence DIR``);
 
@@ -62,7 +62,7 @@ def main() -> None:
     from dqe.models.case import Case
     from dqe.models.qc.consensus import consensus_dice
     from dqe.models.qc.gate import evaluate_case
-    from dqe.models.qc.regions import add_evidence
+    from dqe.models.qc.explain import add_evidence
     from dqe.models.result import ScoreResult
     from dqe.service.evidence_io import write_evidence_map
 

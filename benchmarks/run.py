@@ -330,12 +330,16 @@ def gate_section(plan: Plan, cases: list[tuple[str, dict[str, Path]]], threads: 
 
 # ----------------------------------------------------------------------------------------------- inputs
 def gate_cases() -> list[tuple[str, dict[str, Path]]]:
-    """Every real segmentation in the shared data (or the exam cases, phantoms included, without it)."""
+    """Every real segmentation in the shared data, the expert ground truths of ``brats2018-groundtruth``
+    included (or the exam cases, phantoms included, without it)."""
+    from benchmarks.gate_conformal import gt_exams
     from dqe.service.calibration import discover_cases
 
     real = discover_cases(SHARED)
     if real:
-        return [(c.name, {k: Path(v) for k, v in c.files.items()}) for c in real]
+        out = [(c.name, {k: Path(v) for k, v in c.files.items()}) for c in real]
+        gt = (SHARED / "brats2018-groundtruth").is_dir()
+        return out + ([(exam, files) for exam, files, _ in gt_exams(SHARED)] if gt else [])
     return bench_cases(Path(tempfile.gettempdir()) / "dqe-bench-phantoms")
 
 

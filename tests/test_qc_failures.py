@@ -17,18 +17,32 @@ from dqe.models.qc.gate import case_checks, verdict_of
 EXPECTED_REASONS = {
     "spill": {"tumour_outside_brain", "tumour_brain_fraction", "tumour_volume"},
     "all_voxels": {"tumour_outside_brain", "tumour_brain_fraction", "tumour_volume"},
-    "shift": {"boundary_alignment", "tumour_outside_brain"},
+    # issue 18: the per-region evidence of the same family can carry the reason (conformal rule)
+    "shift": {"boundary_alignment", "tumour_outside_brain", "boundary_shift", "boundary_scale"},
     "flip_lr": {"orientation"},
-    "erode": {"undersegmentation", "boundary_alignment"},
-    "dilate": {"flair_hyperintensity", "tumour_brain_fraction", "tumour_volume", "boundary_alignment"},
+    "erode": {
+        "undersegmentation",
+        "boundary_alignment",
+        "boundary_scale",
+        "boundary_shift",
+        "abnormal_outside",
+    },
+    "dilate": {
+        "flair_hyperintensity",
+        "tumour_brain_fraction",
+        "tumour_volume",
+        "boundary_alignment",
+        "boundary_scale",
+        "boundary_shift",
+    },
     "false_positives": {
         "distant_fragments",
         "distant_fragment_share",
         "distant_fragments_flair",
         "core_outside_lesion",
     },
-    "drop_enhancing": {"unlabelled_enhancement"},
-    "swap_enhancing_necrosis": {"et_vs_necrosis", "et_enhancement"},
+    "drop_enhancing": {"unlabelled_enhancement", "unlabelled_enhancing"},
+    "swap_enhancing_necrosis": {"et_vs_necrosis", "et_enhancement", "et_vs_necrosis_t1c", "et_enclosed"},
 }
 
 

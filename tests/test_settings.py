@@ -118,7 +118,8 @@ def test_gate_with_nan_affine_skips_header_checks_with_a_warning(
     assert code in (0, 1, 3)  # a verdict, not a crash
     assert any("NaN/Inf" in w and "segmentation" in w for w in out["warnings"])
     affines = next(c for c in out["gate"]["checks"] if c["name"] == "affines")
-    assert "skipped" in affines["message"]
+    assert "unusable" in affines["message"] and not affines["passed"]  # never passed silently
+    assert code != 0
 
 
 @pytest.mark.slow

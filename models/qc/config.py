@@ -50,6 +50,16 @@ range rather than at a tuned optimum (with 18 good cases from 4 exams, margins m
   labelled necrosis or edema. good: 0.0-1.06 ml; bad: dropped ET 4.9-21.4 ml, swapped 4.9-20.5 ml.
 * ``view_spread_review`` = 1.5 stars between the three views. good: 0.14-0.93 (bad: 0.03-2.14, so it
   is a weak signal and only ever asks for review).
+* ``alpha`` = 0.05: the false-alarm level of the conformal rule (:mod:`dqe.models.qc.decision`): a good
+  segmentation exchangeable with the calibration set is flagged with probability <= alpha. 0.05 is the
+  conventional level and is reachable in every leave-one-site-out fold of the shipped calibration (the
+  smallest supported level is 1/(n+1); n >= 20 in every fold, so 1/(n+1) <= 0.048). A level below
+  ``1/(n+1)`` can never flag, and the gate says so (``calibration.smallest_alpha`` in every result).
+  ``calibration_path`` (default: the shipped ``gate_calibration.json``) and the ``calibration_exclude_*``
+  fields select the calibration set (the evaluation leaves the site under test out).
+  The review thresholds of the site-dependent intensity checks below (flair, under-segmentation, boundary
+  alignment, ET enhancement, ET vs necrosis, unlabelled enhancement) are no longer decisions: those
+  checks are scores of the conformal rule; their *fail* thresholds (gross failures) still apply.
 * ``star_threshold`` = 3.0 stars: review below. good: 3.68-5.32; bad: 2.82-5.59 -- the reference model
   overestimates bad segmentations (issue 4), so stars alone never fail a case.
 """
@@ -105,7 +115,12 @@ class GateConfig:
     unlabelled_enhancement_review_ml: float = 2.0
     expected_grid: tuple[int, int, int] = EXPECTED_GRID
     alpha: float = 0.05
+    calibration_path: str = ""
+    calibration_exclude_sites: tuple[str, ...] = ()
+    calibration_exclude_cases: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.step < 1:
             raise ValueError(f"step must be >= 1, got {self.step}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")

@@ -1,104 +1,106 @@
-"""The gate with what a person looks at: per-region results carrying evidence slices and consensus Dice.
+"""Per-region evidence of one case: every family's scores, plus the lattice checks that speak for a region.
 
-:func:`gate_with_evidence` runs :func:`~dqe.models.qc.gate.evaluate_case` and then fills, per region
-(``wt``, ``tc``, ``et``), the slices where segmentation and images disagree most
-(:mod:`dqe.models.qc.evidence`) and, in a batch, the Dice with the consensus of the other segmentations
-(:mod:`dqe.models.qc.consensus`). Neither changes the verdict: the verdict is the gate's.
-
-A region result the gate did not produce itself is built from the gate's checks of that region (verdict by
-:func:`~dqe.models.qc.gate.verdict_of`; p-value Bonferroni ``min(1, k * min p)`` over its ``k`` checks with a
-p-value, 1.0 when none has one).
+:func:`region_evidence` runs the full-resolution checks of :mod:`dqe.models.qc.checks` (boundary fit,
+label semantics, resampling, flat cuts, presence) on a :class:`~dqe.models.qc.regional.Regional`, and
+:func:`lattice_scores` turns the site-robust lattice checks (robust z against normal brain) into scores
+of the same form. Both feed the conformal rule of :mod:`dqe.models.qc.decision`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
-from dqe.models.qc.config import GateConfig
+import numpy as np
+
+from dqe.models.qc.checks.boundary import boundary_fit
+from dqe.models.qc.checks.evidence import AXES, Evidence
+from dqe.models.qc.checks.flatcut import flat_cut
+from dqe.models.qc.checks.presence import presence
+from dqe.models.qc.checks.resampling import staircase
+from dqe.models.qc.checks.semantics import label_semantics
 from dqe.models.qc.context import Context
-from dqe.models.qc.evidence import EvidenceConfig, EvidenceMap, evidence_map, evidence_slices
-from dqe.models.qc.gate import evaluate_case, verdict_of
-from dqe.models.qc.types import REGIONS, EvidenceSlice, GateResult, RegionResult
+from dqe.models.qc.regional import Regional
+from dqe.models.qc.types import REGIONS, Check, EvidenceSlice
 
-if TYPE_CHECKING:
-    from dqe.models.case import Case
-    from dqe.models.result import ScoreResult
-
-
-def _new_region(gate: GateResult, region: str) -> RegionResult:
-    checks = [c for c in gate.checks if c.region == region]
-    ps = [c.p_value for c in checks if c.p_value is not None]
-    p = min(1.0, len(ps) * min(ps)) if ps else 1.0
-    return RegionResult(region=region, verdict=verdict_of(checks), p_value=p, checks=checks)
-
-
-def with_regions(
-    gate: GateResult,
-    consensus: Mapping[str, float] | None = None,
-    slices: Mapping[str, Sequence[EvidenceSlice]] | None = None,
-) -> GateResult:
-    """``gate`` with one :class:`RegionResult` per region, carrying ``consensus`` and ``slices`` where given."""
-    have = {r.region: r for r in gate.regions}
-    regions = []
-    for name in REGIONS:
-        reg = have.get(name) or _new_region(gate, name)
-        if consensus is not None and name in consensus:
-            reg = dataclasses.replace(reg, consensus_dice=float(consensus[name]))
-        if slices is not None and name in slices:
-            reg = dataclasses.replace(reg, evidence_slices=list(slices[name]))
-        regions.append(reg)
-    regions += [r for r in gate.regions if r.region not in REGIONS]
-    return dataclasses.replace(gate, regions=regions)
-
-
-def add_evidence(
-    gate: GateResult,
-    case: Case,
-    config: GateConfig | None = None,
-    *,
-    consensus: Mapping[str, float] | None = None,
-    full_map: bool = False,
-    evidence: EvidenceConfig | None = None,
-    context: Context | None = None,
-) -> tuple[GateResult, EvidenceMap | None]:
-    """``gate`` with per-region evidence slices (and consensus Dice when given); see :func:`gate_with_evidence`.
-
-    ``context``: the check context the gate already built for this case (its brain mask and normal-brain
-    statistics are most of the cost, ~35-50 ms on a BraTS exam); a new one is built when ``None``.
-    """
-    cfg = config or GateConfig()
-    t0 = time.perf_counter()
-    ctx = context if context is not None and context.case is case else Context(case, cfg.step)
-    slices = evidence_slices(evidence_map(ctx, cfg=evidence), evidence)
-    full = evidence_map(ctx, full_resolution=True, cfg=evidence) if full_map else None
-    gate = with_regions(gate, consensus, slices)
-    gate = dataclasses.replace(gate, elapsed_ms=gate.elapsed_ms + (time.perf_counter() - t0) * 1e3)
-    return gate, full
+# Lattice checks used as conformal scores: name -> (region, family, sign); score = sign * value, so that
+# larger is always worse.
+LATTICE_SCORES: dict[str, tuple[str, str, float]] = {
+    "flair_hyperintensity": ("wt", "intensity", -1.0),
+    "boundary_alignment": ("wt", "boundary_fit", -1.0),
+    "undersegmentation": ("wt", "presence", 1.0),
+    "et_enhancement": ("et", "label_semantics", -1.0),
+    "et_vs_necrosis": ("et", "label_semantics", -1.0),
+    "enclosed_holes": ("tc", "presence", 1.0),
+}
+# Families of the whole-case lattice checks (not conformal: their own thresholds decide).
+CASE_FAMILIES: dict[str, str] = {
+    "tumour_outside_brain": "extent",
+    "tumour_brain_fraction": "extent",
+    "tumour_volume": "extent",
+    "distant_fragments": "extent",
+    "distant_fragment_share": "extent",
+    "distant_fragments_flair": "extent",
+    "orientation": "geometry",
+    "grid": "geometry",
+    "affines": "geometry",
+    "label_convention": "label_semantics",
+    "missing_compartments": "presence",
+    "core_outside_lesion": "label_semantics",
+    "view_spread": "scorer",
+    "stars": "scorer",
+}
+# Lattice checks whose review threshold a full-resolution score replaces (name -> that score's key): their
+# review decision is dropped, their fail thresholds (if any) stay. ``unlabelled_enhancement`` is a volume
+# (2 ml): large expert-labelled tumours exceed it (CBICA_APY 4.3 ml, TCIA03_265 2.6 ml); the share of the
+# lesion's enhancing tissue left out of ET (``et.unlabelled_enhancing``) is what means the same at every size.
+SUPERSEDED: dict[str, str] = {"unlabelled_enhancement": "et.unlabelled_enhancing"}
 
 
-def gate_with_evidence(
-    case: Case,
-    result: ScoreResult,
-    config: GateConfig | None = None,
-    *,
-    consensus: Mapping[str, float] | None = None,
-    full_map: bool = False,
-    evidence: EvidenceConfig | None = None,
-) -> tuple[GateResult, EvidenceMap | None]:
-    """The gate's verdict with per-region evidence slices (and consensus Dice when given).
+MAX_BOX_VOXELS = 3_000_000  # a tumour box this large is a gross failure: the lattice checks speak for it
 
-    Args:
-        case, result, config: as :func:`~dqe.models.qc.gate.evaluate_case`.
-        consensus: per region, Dice with the consensus of the other segmentations of the case.
-        full_map: also compute the full-resolution disagreement map (for ``--evidence DIR``).
-        evidence: thresholds of the map.
 
-    Returns:
-        The gate result (``elapsed_ms`` includes the evidence) and the full-resolution map when asked for
-        (``None`` otherwise or when the exam has no normal-brain statistics).
-    """
-    gate = evaluate_case(case, result, config, consensus=consensus)
-    return add_evidence(gate, case, config, consensus=consensus, full_map=full_map, evidence=evidence)
+def region_evidence(ctx: Context) -> list[Evidence]:
+    """Every per-region evidence score of the case (empty without normal-brain statistics, or when the
+    labels fill a box of more than ``MAX_BOX_VOXELS`` -- labels everywhere, a spill -- where the extent
+    checks decide and a full-resolution search would only cost time)."""
+    if ctx.stats is None or ctx.wt_count == 0:
+        return []
+    reg = Regional(ctx)
+    if int(np.prod([s.stop - s.start for s in reg.box])) > MAX_BOX_VOXELS:
+        return []
+    out: list[Evidence] = []
+    for region in REGIONS:
+        out += _with_sections(reg, region, boundary_fit(reg, region) + staircase(reg, region))
+    for region in ("wt", "tc"):
+        out += flat_cut(reg, region)
+    out += label_semantics(reg)
+    out += presence(reg)
+    return out
+
+
+def _with_sections(reg: Regional, region: str, ev: list[Evidence]) -> list[Evidence]:
+    """Scores that are not localised (a boundary fit or a staircase concerns the whole border) point to the
+    region's largest cross-section on each axis: where its border is longest, the first slices to look at."""
+    if not ev:
+        return ev
+    m = reg.mask(region)
+    slices = []
+    for axis, name in enumerate(AXES):
+        area = m.sum(axis=tuple(a for a in range(3) if a != axis))
+        if area.size and area.max() > 0:
+            slices.append(
+                EvidenceSlice(name, int(np.argmax(area)) + int(reg.offset[axis]), float(area.max()))
+            )
+    return [replace(e, slices=tuple(slices)) if not e.slices else e for e in ev]
+
+
+def lattice_scores(checks: list[Check]) -> list[Evidence]:
+    """The lattice checks of :data:`LATTICE_SCORES` as evidence (message and threshold kept in the text)."""
+    out = []
+    for c in checks:
+        spec = LATTICE_SCORES.get(c.name)
+        if spec is None:
+            continue
+        region, family, sign = spec
+        out.append(Evidence(c.name, region, family, sign * c.value, c.unit, c.message, "", floor=0.02))
+    return out

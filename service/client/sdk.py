@@ -453,7 +453,7 @@ class DQEClient:
         result.timings_ms.update({"local_decode": (t1 - t0) * 1e3, "local_preprocess": (t2 - t1) * 1e3})
         if run_gate:
             try:
-                from dqe.models.qc.regions import (  # lazy: NIfTI stack (scipy) loads only when a case is gated
+                from dqe.models.qc.explain import (  # lazy: NIfTI stack (scipy) loads only when a case is gated
                     gate_with_evidence,  # lazy: decoding stack (nibabel, scipy) only where a case is decoded
                 )
             except ImportError as exc:

@@ -203,7 +203,7 @@ def gate_case(
 ) -> tuple[Any, Path | None]:
     """The gate result of a scored case with per-region evidence slices; with ``evidence_dir`` also the
     disagreement map written there (its path; ``None`` when not asked for or not computable)."""
-    from dqe.models.qc.regions import (  # lazy: NIfTI stack (scipy) loads only when a case is gated
+    from dqe.models.qc.explain import (  # lazy: NIfTI stack (scipy) loads only when a case is gated
         gate_with_evidence,
     )
     from dqe.service.evidence_io import (  # lazy: nibabel loads only when a case is gated

@@ -28,7 +28,7 @@ from dqe.models.errors import CallCancelled, InvalidInput
 from dqe.models.nifti import DecodeLimits, Volume, decode_nifti, load_nifti_fd
 from dqe.models.qc.alpha import check_alpha, with_alpha
 from dqe.models.qc.config import GateConfig
-from dqe.models.qc.regions import gate_with_evidence
+from dqe.models.qc.explain import gate_with_evidence
 from dqe.service._proto import quality_estimation_pb2 as pb
 from dqe.service._proto import quality_estimation_pb2_grpc as pb_grpc
 from dqe.service.dicom_scoring import score_instances

@@ -150,15 +150,19 @@ def grid(ctx: Context, cfg: GateConfig) -> Check:
 
 
 def affines(ctx: Context, cfg: GateConfig) -> Check:
-    """Do the five headers agree? Voxels are used as stored; a segmentation header that is the identity
-    (lost geometry, e.g. ``seg-BraTS23_1_mapped``) is only noted; a header that claims a different
-    orientation from the images needs review (the image-based orientation check says which is right)."""
+    """Do the five headers agree? Voxels are used as stored, but a header that is unusable (NaN/Inf or
+    singular), the identity (lost geometry, e.g. ``seg-BraTS23_1_mapped``) or different from the images'
+    (orientation, origin or spacing) is never passed silently: review (the image-based checks say whether
+    the voxels line up anyway)."""
     import nibabel as nib
 
     skipped = [vol.name for vol in ctx.case.volumes if not affine_usable(vol.affine)]
     if ctx.case.t1c.name in skipped:
-        text = "t1c header affine has NaN/Inf values or is singular; header geometry check skipped"
-        return Check("affines", 0.0, 1.0, True, REVIEW, text, "level")
+        text = (
+            "t1c header affine has NaN/Inf values or is singular: the headers cannot confirm that the "
+            "segmentation belongs to these images; check the files"
+        )
+        return Check("affines", 2.0, 1.0, False, REVIEW, text, "level", family="geometry")
     ref = ctx.case.t1c.affine
     codes_ref = nib.aff2axcodes(ref)
     worst, notes = 0, [f"{name} header affine is unusable (NaN/Inf or singular); skipped" for name in skipped]
@@ -168,6 +172,7 @@ def affines(ctx: Context, cfg: GateConfig) -> Check:
         if np.allclose(vol.affine, ref, atol=1e-3):
             continue
         if np.allclose(vol.affine, np.eye(4)):
+            worst = 2
             notes.append(f"{vol.name} header has an identity affine (geometry lost when saved)")
             continue
         codes = nib.aff2axcodes(vol.affine)
@@ -178,11 +183,13 @@ def affines(ctx: Context, cfg: GateConfig) -> Check:
                 f"{''.join(str(c) for c in codes_ref)}"
             )
         else:
-            worst = max(worst, 1)
+            worst = 2
             notes.append(f"{vol.name} affine differs from t1c in origin/spacing")
+    if skipped:
+        worst = 2
     passed = worst < 2
     if not notes:
         text = "all five headers share one affine"
     else:
         text = "; ".join(notes) + "; voxels are used as stored (the image-based checks judge alignment)"
-    return Check("affines", float(worst), 1.0, passed, REVIEW, text, "level")
+    return Check("affines", float(worst), 1.0, passed, REVIEW, text, "level", family="geometry")

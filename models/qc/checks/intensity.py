@@ -15,7 +15,14 @@ logger = logging.getLogger(__name__)
 
 
 def flair_hyperintensity(ctx: Context, cfg: GateConfig) -> Check | None:
-    """Median FLAIR of the whole tumour vs normal-appearing brain (robust z)."""
+    """T2/FLAIR hyperintensity of the whole tumour vs normal-appearing brain (robust z, median).
+
+    The BraTS protocol delineates the whole tumour as the abnormality on T2 *and* FLAIR; the value is the
+    larger of the two medians. Some sites' FLAIR barely shows it: 2D FLAIR with thick slices and weak fluid
+    suppression (the 2013 cohort: ``Brats18_2013_11_1``, whole tumour +0.6 SD on FLAIR, +1.4 SD on T2)
+    -- the abnormality is still plainly there on T2, so one weak sequence is not evidence of misplaced
+    labels; labels on normal brain are normal on both.
+    """
     sel = ctx.wt_crop & ctx.brain_crop
     if ctx.stats is None or np.count_nonzero(sel) < 3:
         return None
@@ -23,15 +30,16 @@ def flair_hyperintensity(ctx: Context, cfg: GateConfig) -> Check | None:
     t2 = float(np.median(ctx.z_crop("t2", sel)))
     return graded(
         "flair_hyperintensity",
-        flair,
+        max(flair, t2),
         cfg.flair_review,
         cfg.flair_fail,
         "z",
         lambda v: (
-            f"the whole tumour is {v:+.1f} SD (FLAIR) and {t2:+.1f} SD (T2) from normal-appearing brain "
+            f"the whole tumour is {flair:+.1f} SD (FLAIR) and {t2:+.1f} SD (T2) from normal-appearing brain "
             "(median)"
         ),
-        "edema and tumour are FLAIR-hyperintense, so the labels cover normal brain (misplaced or over-segmented)",
+        "edema and tumour are T2/FLAIR-hyperintense, so the labels cover normal brain (misplaced or "
+        "over-segmented)",
         higher_is_worse=False,
     )
 
@@ -76,8 +84,14 @@ def enhancement(ctx: Context, cfg: GateConfig) -> list[Check]:
     ml = ctx.counts_ml
     checks: list[Check] = []
     et_enh = None
+    rest = ctx.wt_crop & brain & ~(lab == ENHANCING)
     if ml["et"] >= cfg.et_min_ml and np.count_nonzero(et) >= 3:
-        et_enh = float(np.median(_enhancement(ctx, et)))
+        # Enhancement of ET against the rest of the lesion, not against normal brain: a T1-hypointense
+        # lesion (Brats18_2013_11_1: every compartment -1 SD on T1c) enhances at its rim while staying
+        # darker than normal brain; what the protocol asks is that ET take up contrast where the rest of
+        # the tumour does not.
+        base = float(np.median(_enhancement(ctx, rest))) if np.count_nonzero(rest) >= 3 else 0.0
+        et_enh = float(np.median(_enhancement(ctx, et))) - base
         checks.append(
             graded(
                 "et_enhancement",
@@ -86,15 +100,15 @@ def enhancement(ctx: Context, cfg: GateConfig) -> list[Check]:
                 None,
                 "z",
                 lambda v: (
-                    f"enhancing tumour ({ml['et']:.1f} ml) enhances by {v:+.1f} SD "
-                    "(T1c minus T1, each relative to normal brain)"
+                    f"enhancing tumour ({ml['et']:.1f} ml) enhances by {v:+.1f} SD more than the rest "
+                    "of the lesion (T1c minus T1, each relative to normal brain)"
                 ),
                 "the tissue labelled enhancing does not enhance",
                 higher_is_worse=False,
             )
         )
         if ml["ncr"] >= cfg.et_min_ml and np.count_nonzero(ncr) >= 3:
-            diff = et_enh - float(np.median(_enhancement(ctx, ncr)))
+            diff = et_enh + base - float(np.median(_enhancement(ctx, ncr)))
             checks.append(
                 graded(
                     "et_vs_necrosis",
