@@ -61,8 +61,8 @@ def _q(xs: list[float]) -> dict[str, float]:
 def main() -> None:
     from dqe.models.case import Case
     from dqe.models.qc.consensus import consensus_dice
-    from dqe.models.qc.gate import evaluate_case
     from dqe.models.qc.explain import add_evidence
+    from dqe.models.qc.gate import evaluate_case
     from dqe.models.result import ScoreResult
     from dqe.service.evidence_io import write_evidence_map
 

@@ -72,9 +72,7 @@ def ground_truth_cases() -> list[tuple[str, dict[str, Path]]]:
         return cases
     names = {"t1c": "t1ce", "t1": "t1", "t2": "t2", "flair": "flair", "segmentation": "seg"}
     for exam in sorted(p for p in GROUND_TRUTH.iterdir() if p.is_dir()):
-        cases.append(
-            (f"{exam.name}/seg", {k: exam / f"{exam.name}_{v}.nii.gz" for k, v in names.items()})
-        )
+        cases.append((f"{exam.name}/seg", {k: exam / f"{exam.name}_{v}.nii.gz" for k, v in names.items()}))
     return cases
 
 

@@ -130,7 +130,9 @@ def test_every_rpc_the_server_registers_has_a_policy() -> None:
     )
     check_table(m for s in services for m in service_methods(s))
     scoring = {m for m, p in METHODS.items() if p.scoring}
-    assert scoring == {f"/dqe.v1.QualityEstimation/{n}" for n in ("ScoreCase", "ScoreViews", "ScoreBatch", "ScoreStudy")}
+    assert scoring == {
+        f"/dqe.v1.QualityEstimation/{n}" for n in ("ScoreCase", "ScoreViews", "ScoreBatch", "ScoreStudy")
+    }
     assert not policy_for("/grpc.health.v1.Health/Check").auth
     assert policy_for("/dqe.v1.QualityEstimation/GetModelInfo").control
     assert not policy_for("/grpc.health.v1.Health/Watch").in_flight

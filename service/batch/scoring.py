@@ -30,8 +30,8 @@ import numpy as np
 from dqe.models.errors import DQEError
 from dqe.models.qc.config import GateConfig
 from dqe.models.qc.consensus import consensus_dice
-from dqe.models.qc.gate import evaluate_case
 from dqe.models.qc.explain import add_evidence
+from dqe.models.qc.gate import evaluate_case
 from dqe.models.qc.types import REGIONS
 from dqe.service.batch.mosaic import render_evidence
 from dqe.service.batch.prepare import PreparedCase, PreparedSeg, error_fields
