@@ -139,8 +139,8 @@ def test_every_rpc_the_server_registers_has_a_policy() -> None:
 
 
 def test_a_new_rpc_without_an_entry_fails_at_start_up_not_at_run_time() -> None:
-    new = "/dqe.v1.QualityEstimation/ScoreStudy"
-    with pytest.raises(MissingPolicy, match="ScoreStudy"):
+    new = "/dqe.v1.QualityEstimation/ScoreSeries"  # a hypothetical RPC the table does not know
+    with pytest.raises(MissingPolicy, match="ScoreSeries"):
         check_table([*METHODS, new])
     check_table([*METHODS, new], {**METHODS, new: MethodPolicy(scoring=True, queue="decodes")})
     with pytest.raises(MissingPolicy, match="slots"):
