@@ -25,7 +25,7 @@ TEST_SEED = 4
 EXPECTED = {
     "shift": "boundary_shift",
     "erode": "boundary_scale",
-    "dilate": "boundary_scale",
+    "dilate": ("boundary_scale", "border_normal"),
     "upsample": "staircase",
     "slab": "flat_cut",
     "swap_et_ncr": "et_vs_necrosis_t1c",

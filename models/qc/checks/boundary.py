@@ -12,6 +12,10 @@ is largest when the mask's border sits on the edge. Two searches:
 A correct segmentation sits at (or within noise of) its own optimum; a shifted or systematically
 under/over-segmented one gains. Neither check runs when no placement shows an edge of at least
 ``MIN_EDGE`` SD (a core without enhancement has no T1c border to fit: TCGA-DU-7294).
+
+``border_normal``: the share of the region's outermost voxel layer that looks like the tissue around it (below
+half the region's median on its image): partial volume keeps it well below 1 on a border drawn on the edge; a
+mask grown by a voxel or two puts normal tissue there.
 """
 
 from __future__ import annotations
@@ -43,6 +47,24 @@ def boundary_fit(reg: Regional, region: str) -> list[Evidence]:
     m, h, brain = m[box], reg.model(region)[box], reg.brain[box]
     inside, outside = shells(m, SCALE + 2)
     out: list[Evidence] = []
+    # ---- border layer that looks like normal tissue: labels grown past the lesion (dilation)
+    med = float(np.median(h[m]))
+    border = inside[0] & brain
+    if med >= MIN_EDGE and np.count_nonzero(border) >= MIN_VOXELS:
+        share = float(np.mean(h[border] < 0.5 * med))
+        out.append(
+            Evidence(
+                "border_normal",
+                region,
+                "boundary_fit",
+                share,
+                "fraction",
+                f"{100 * share:.0f}% of the {region.upper()}'s outermost voxel layer looks like the tissue "
+                f"around it (below half the region's median, {0.5 * med:.1f} SD)",
+                "the labels extend past the lesion (over-segmented by a voxel or more)",
+                floor=0.02,
+            )
+        )
     # ---- scale: layer means, border moved by k in -SCALE..SCALE (k > 0 = outwards = dilation)
     layers = [*inside[::-1], *outside]  # deepest inside ... farthest outside; border between idx d-1, d
     d = len(inside)
