@@ -164,5 +164,8 @@ def test_curate_shared_ground_truth(tmp_path):
         pytest.skip("no shared data")
     summary = curate(SHARED_DATA, tmp_path / "out")  # the whole tree: the 16 ground-truth exams are its cases
     assert summary["cases"] == 16 and summary["keep"] + summary["review"] + summary["drop"] == 16
+    # a folder with three candidate label maps is not a training case, and the summary says why
+    reasons = {Path(s["folder"]).name: s["reason"] for s in summary["skipped_folders"]}
+    assert "3 segmentation files" in reasons["data"]
     rows = _csv(tmp_path / "out")
     assert all(float(r["stars"]) > 1.0 for r in rows)

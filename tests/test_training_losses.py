@@ -286,3 +286,14 @@ def test_train_config_takes_its_loss_from_the_registry():
     with pytest.raises(ValueError, match=r"loss is 'dice'; expected one of \['huber', 'l1', 'mse'\]"):
         TrainConfig(loss="dice").validate()
     assert isinstance(build_loss("l1", task="regression"), torch.nn.L1Loss)
+
+
+def test_dice_bce_is_dice_plus_binary_cross_entropy_on_every_channel():
+    from monai.losses import DiceLoss
+
+    logits, target = _batch((2, 3, 8, 8, 4))
+    expected = DiceLoss(sigmoid=True)(logits, target) + torch.nn.BCEWithLogitsLoss()(logits, target)
+    torch.testing.assert_close(build_loss("dice_bce")(logits, target), expected)
+    # and the paper-000 form with weights 1/3 per channel is the same number
+    third = {r: {"weight": 1 / 3, "losses": {"dice": 1, "bce": 1}} for r in ("WT", "TC", "ET")}
+    torch.testing.assert_close(build_loss({"channels": third})(logits, target), expected)

@@ -133,7 +133,9 @@ def _case_folders(root: Path, depth: int = 4) -> list[Path]:
     return found
 
 
-def discover_training_set(root: str | Path) -> tuple[str, list[TrainingCase]]:
+def discover_training_set(
+    root: str | Path, skipped: list[dict[str, str]] | None = None
+) -> tuple[str, list[TrainingCase]]:
     """(layout, cases) of a BraTS tree of case folders (searched 4 levels deep; a case folder has four images
     and exactly one label map) or an nnU-Net raw dataset.
 
@@ -150,7 +152,9 @@ def discover_training_set(root: str | Path) -> tuple[str, list[TrainingCase]]:
         for folder in _case_folders(root):
             try:
                 files = discover_files(folder)
-            except DQEError:  # not a case folder (no images, or several label maps to choose from)
+            except DQEError as exc:  # not a case folder (no images, or several label maps to choose from)
+                if skipped is not None and any(_suffix_or_none(p) for p in folder.iterdir()):
+                    skipped.append({"folder": str(folder), "reason": exc.message})
                 continue
             case_id = folder.name if folder.parent == root else "__".join(folder.relative_to(root).parts)
             cases.append(TrainingCase(case_id, {m: files[m] for m in MODALITIES}, files["segmentation"]))
@@ -197,6 +201,10 @@ def stage(cases: list[TrainingCase], staging: Path) -> tuple[Path, Path]:
         else:
             _write_remapped(case, dst)
     return cases_dir, team_dir
+
+
+def _suffix_or_none(path: Path) -> str | None:
+    return next((s for s in NIFTI_SUFFIXES if path.name.lower().endswith(s)), None)
 
 
 def _suffix(path: Path) -> str:
@@ -318,7 +326,8 @@ def curate(
     opts = opts or CurateOptions()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    layout, cases = discover_training_set(dataset)
+    skipped: list[dict[str, str]] = []
+    layout, cases = discover_training_set(dataset, skipped)
     cases_dir, team_dir = stage(cases, out / "staging")
     outcome = run_batch(
         cases_dir,
@@ -345,4 +354,5 @@ def curate(
         )
     summary = write_outputs(out, layout, cases, rows, opts)
     summary["scored_now"], summary["skipped_already_done"] = outcome.scored_now, outcome.skipped
+    summary["skipped_folders"] = skipped  # folders with NIfTI files that are not one training case, and why
     return summary

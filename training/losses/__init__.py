@@ -27,7 +27,7 @@ LOSSES: dict[str, LossInfo] = {
     "dice_batch": LossInfo("segmentation", "soft Dice over the batch (MONAI DiceLoss batch=True)"),
     "jaccard": LossInfo("segmentation", "soft Jaccard per image (MONAI DiceLoss jaccard=True)"),
     "gdice": LossInfo("segmentation", "generalised Dice (MONAI GeneralizedDiceLoss)"),
-    "dice_bce": LossInfo("segmentation", "Dice + BCE baseline (MONAI DiceCELoss with sigmoid)"),
+    "dice_bce": LossInfo("segmentation", "Dice + BCE baseline (MONAI DiceLoss + BCE on logits, per channel)"),
     "lovasz": LossInfo("segmentation", "Lovasz-softmax (sigmoid channels)"),
     "lovasz_hinge": LossInfo("segmentation", "Lovasz hinge per binary channel"),
     "ss": LossInfo("segmentation", "sensitivity-specificity"),

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from monai.losses import DiceLoss
+from torch.nn.modules.loss import _Loss
 
 
 def soft_dice(per_image: bool = True, **kwargs: Any) -> DiceLoss:
@@ -21,3 +23,21 @@ def soft_dice(per_image: bool = True, **kwargs: Any) -> DiceLoss:
 def soft_jaccard(per_image: bool = True, **kwargs: Any) -> DiceLoss:
     """Soft Jaccard loss ``1 - |X.Y| / (|X| + |Y| - |X.Y|)``."""
     return DiceLoss(batch=not per_image, jaccard=True, **kwargs)
+
+
+class DiceBCELoss(_Loss):
+    """Soft Dice (MONAI ``DiceLoss(sigmoid=True)``) + binary cross-entropy on logits, for multi-label channels.
+
+    MONAI's ``DiceCELoss`` is not this on several channels: it switches to softmax cross-entropy whenever there is
+    more than one channel, which treats overlapping BraTS regions (WT contains TC contains ET) as exclusive classes.
+    """
+
+    def __init__(self, per_image: bool = True, lambda_dice: float = 1.0, lambda_bce: float = 1.0) -> None:
+        super().__init__()
+        self.dice = soft_dice(per_image, sigmoid=True)
+        self.bce = torch.nn.BCEWithLogitsLoss()
+        self.lambda_dice, self.lambda_bce = lambda_dice, lambda_bce
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.to(input.dtype)
+        return self.lambda_dice * self.dice(input, target) + self.lambda_bce * self.bce(input, target)

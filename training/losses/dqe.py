@@ -11,8 +11,9 @@ reference), the TC/WT/ET probabilities of the same slices as the label channels,
 
 Scale: the loss is ``(6 - stars) / 5`` (``output_range`` of the contract), so it lies near [0, 1] like a
 Dice loss; one star is 0.2 loss units. The released model rates most tumour-shaped segmentations 4-5.5 stars,
-so the term starts around 0.1-0.4 and its gradients are small compared with a Dice or BCE term's: in a
-compound (``dqe_weight``) weights of 0.1-1 keep it a refinement rather than the driver.
+so the term is around 0.1-0.4; but its gradient is concentrated on the three slices' voxels, where it is large
+compared with a Dice or BCE term's per-voxel share. In ``benchmarks/seg_losses.py`` a ``dqe_weight`` of 0.2 from
+the first epoch hurt Dice and did not raise the stars (``benchmarks/RESULTS.md``): use small weights, late.
 """
 
 from __future__ import annotations

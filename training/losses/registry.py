@@ -6,11 +6,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from monai.losses import DiceCELoss, GeneralizedDiceLoss
+from monai.losses import GeneralizedDiceLoss
 
 from dqe.training.losses import LOSSES, check_loss_name
 from dqe.training.losses.compound import CompoundLoss, load_presets
-from dqe.training.losses.dice import soft_dice, soft_jaccard
+from dqe.training.losses.dice import DiceBCELoss, soft_dice, soft_jaccard
 from dqe.training.losses.lovasz import LovaszHingeLoss, LovaszSoftmaxLoss
 from dqe.training.losses.region_wise import RegionWiseLoss
 from dqe.training.losses.sensitivity_specificity import SensitivitySpecificityLoss
@@ -31,7 +31,7 @@ FACTORIES: dict[str, Callable[..., torch.nn.Module]] = {
     "dice_batch": lambda **kw: soft_dice(**{"sigmoid": True, "per_image": False, **kw}),
     "jaccard": lambda **kw: soft_jaccard(**{"sigmoid": True, **kw}),
     "gdice": lambda **kw: GeneralizedDiceLoss(**{"sigmoid": True, **kw}),
-    "dice_bce": lambda **kw: DiceCELoss(**{"sigmoid": True, **kw}),
+    "dice_bce": DiceBCELoss,
     "lovasz": lambda **kw: LovaszSoftmaxLoss(**{"sigmoid": True, **kw}),
     "lovasz_hinge": LovaszHingeLoss,
     "ss": lambda **kw: SensitivitySpecificityLoss(**{"sigmoid": True, **kw}),
