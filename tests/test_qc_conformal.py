@@ -104,3 +104,29 @@ def test_conformal_quantile():
     assert conformal_quantile(r, 0.9) == 9.0
     assert conformal_quantile(r, 0.5) == 5.0
     assert conformal_quantile(np.arange(3.0), 0.9) == math.inf
+
+
+def test_a_named_calibration_file_that_does_not_exist_is_an_error_not_a_silent_fallback(tmp_path) -> None:
+    from dqe.models.errors import NotFound
+    from dqe.models.qc.decision import load_calibration
+
+    with pytest.raises(NotFound, match="calibration"):
+        load_calibration(str(tmp_path / "missing.json"))
+
+
+def test_without_the_shipped_calibration_every_result_says_the_conformal_rule_did_not_run(
+    monkeypatch,
+) -> None:
+    from dqe.models.case import Case
+    from dqe.models.phantom import make_phantom
+    from dqe.models.qc import decision, gate
+    from dqe.models.result import ScoreResult
+
+    monkeypatch.setattr(gate, "calibration_for", lambda cfg: None)
+    ph = make_phantom(seed=3, shape=(112, 112, 80))
+    case = Case.from_arrays(**ph.arrays(), affine=ph.affine)
+    views = {"axial": 5.0, "coronal": 5.0, "sagittal": 5.0}
+    result = ScoreResult(5.0, views, None, [], "phantom", "0" * 64)
+    out = gate.evaluate_case(case, result)
+    assert out.p_value is None and "did not run" in out.calibration["warning"]
+    assert decision.CALIBRATION_FILE.is_file()  # the shipped file is there in this install

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dqe.models.errors import NotFound
 from dqe.models.qc.checks.evidence import Evidence
 from dqe.models.qc.conformal import combined_p, conformal_p, smallest_alpha
 from dqe.models.qc.types import REGIONS
@@ -128,9 +129,16 @@ class Calibration:
 
 @lru_cache(maxsize=4)
 def load_calibration(path: str | None = None) -> Calibration | None:
-    """The shipped calibration (or the file at ``path``); ``None`` when it does not exist."""
+    """The shipped calibration (or the file at ``path``).
+
+    Returns ``None`` when the shipped file is missing (a broken install: the gate then says so in every
+    result's ``calibration.warning``). Raises :class:`~dqe.models.errors.NotFound` when a ``path`` that was
+    named does not exist: a calibration asked for is never silently replaced by none.
+    """
     p = Path(path) if path else CALIBRATION_FILE
     if not p.is_file():
+        if path:
+            raise NotFound(f"gate calibration file {path!r} does not exist", field="calibration_path")
         return None
     return Calibration.from_json(json.loads(p.read_text()))
 

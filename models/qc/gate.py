@@ -261,6 +261,12 @@ def evaluate_case(
     elapsed = (time.perf_counter() - t0) * 1e3
     logger.debug("gate %s: %s in %.1f ms", case.case_id, verdict.value, elapsed)
     calib: dict[str, Any] = {} if cal is None else cal.summary()
+    if cal is None:
+        calib["warning"] = (
+            "no gate calibration found (the package's gate_calibration.json is missing): the conformal rule "
+            "did not run; only the threshold rules decided"
+        )
+        logger.warning("gate %s: %s", case.case_id, calib["warning"])
     if cal is not None and cfg.alpha < cal.smallest_alpha:
         calib["warning"] = (
             f"alpha {cfg.alpha:g} is below the smallest level this calibration supports "
