@@ -212,7 +212,7 @@ def test_unset_alpha_is_the_servers_default_and_bad_alpha_is_invalid(channel, se
     stub = pb_grpc.QualityEstimationStub(channel)
     response = stub.ScoreCase(_request(case_paths))
     assert response.gate.alpha == pytest.approx(0.2) and server[1][-1] == pytest.approx(0.2)
-    for bad in (0.0, 1.0, 1.5, -0.1):
+    for bad in (0.0, 1.0, 1.5, -0.1, 0.01):  # 0.01: below the shipped calibration's 1/(n+1)
         code, details, _ = rpc_code(lambda bad=bad: stub.ScoreCase(_request(case_paths, alpha=bad)))
         assert code == "INVALID_ARGUMENT" and "alpha" in details, (bad, details)
 

@@ -151,6 +151,25 @@ def test_alpha_validation() -> None:
     assert with_alpha(0.2).alpha == 0.2
 
 
+def test_the_shipped_calibration_sets_the_alpha_floor() -> None:
+    """A plain GateConfig is judged against the calibration it selects: 1/(n+1) of the shipped set, and a
+    larger floor once sites are left out of it."""
+    from dqe.models.qc.alpha import check_alpha, min_supported_alpha
+    from dqe.models.qc.config import GateConfig
+    from dqe.models.qc.gate import calibration_for
+
+    cal = calibration_for(GateConfig())
+    assert cal is not None and cal.n >= 1
+    floor = min_supported_alpha(GateConfig())
+    assert floor == pytest.approx(1.0 / (cal.n + 1))
+    with pytest.raises(InvalidInput, match="supports alpha"):
+        check_alpha(floor * 0.9, GateConfig())
+    assert check_alpha(floor, GateConfig()) == pytest.approx(floor)
+    site = cal.summary()["sites"][0]
+    fewer = GateConfig(calibration_exclude_sites=(site,))
+    assert min_supported_alpha(fewer) > floor
+
+
 # ------------------------------------------------------------------ the commands
 @pytest.fixture(scope="module")
 def case_dir(tmp_path_factory: pytest.TempPathFactory, phantom) -> Path:

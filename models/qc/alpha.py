@@ -5,8 +5,9 @@ Statist. 2023), so with ``alpha`` below that the conformal rule can never flag a
 strict and be blind. That is refused with a typed :class:`~dqe.models.errors.InvalidInput` (an error, not a
 warning: a silent no-op in a safety gate is worse than a refused request).
 
-The calibration size is read from the gate configuration when it records one (``calibration_size``, or
-``min_alpha`` directly); without either only ``0 < alpha < 1`` is checked.
+The floor comes from the calibration set the gate configuration selects (:func:`dqe.models.qc.gate.calibration_for`:
+the shipped set or ``calibration_path``, minus excluded sites/cases); an object that records ``min_alpha`` or
+``calibration_size`` itself is read directly; without a calibration only ``0 < alpha < 1`` is checked.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from dqe.models.errors import InvalidInput
 from dqe.models.qc.config import GateConfig
+from dqe.models.qc.gate import calibration_for
 
 
 def min_supported_alpha(config: Any) -> float | None:
@@ -27,6 +29,9 @@ def min_supported_alpha(config: Any) -> float | None:
     n = getattr(config, "calibration_size", None)
     if isinstance(n, int) and n > 0:
         return 1.0 / (n + 1)
+    if isinstance(config, GateConfig):
+        cal = calibration_for(config)
+        return None if cal is None or not cal.n else float(cal.smallest_alpha)
     return None
 
 

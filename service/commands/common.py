@@ -239,7 +239,7 @@ def alpha_arg(args: argparse.Namespace) -> float | None:
     """
     flag = getattr(args, "alpha", None)
     if flag is not None:
-        return check_alpha(flag)
+        return check_alpha(flag, GateConfig())
     return GateSettings.from_sources({}).alpha or None
 
 

@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import threading
 
+    from dqe.models.qc.alpha import (  # lazy: the gate's calibration (scipy) loads when the command runs: `dqe --help` stays instant
+        with_alpha,
+    )
     from dqe.service.serving.server import (  # lazy: decoding stack (nibabel, scipy, onnxruntime) loads when the command runs: `dqe --help` stays instant
         configure_logging,
         create_server,
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         config = ServerConfig.from_sources(
             {k: v for k, v in vars(args).items() if k not in ("func", "command")}
         )
+        with_alpha(config.alpha)  # DQE_ALPHA below the calibration's 1/(n+1) stops the server at start-up
     except DQEError as exc:
         print_json(error_payload(exc))
         return EXIT_INVALID
