@@ -18,7 +18,6 @@ from typing import Any
 
 from dqe.models.errors import InvalidInput
 from dqe.models.qc.config import GateConfig
-from dqe.models.qc.gate import calibration_for
 
 
 def min_supported_alpha(config: Any) -> float | None:
@@ -30,6 +29,10 @@ def min_supported_alpha(config: Any) -> float | None:
     if isinstance(n, int) and n > 0:
         return 1.0 / (n + 1)
     if isinstance(config, GateConfig):
+        from dqe.models.qc.gate import (  # lazy: the client SDK range-checks alpha without the gate's NIfTI stack
+            calibration_for,
+        )
+
         cal = calibration_for(config)
         return None if cal is None or not cal.n else float(cal.smallest_alpha)
     return None
