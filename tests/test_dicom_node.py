@@ -83,6 +83,20 @@ def test_instances_on_disk_and_limits(tmp_path, engine, study) -> None:
         again.stop()
 
 
+def test_uids_that_name_a_folder_are_refused(tmp_path) -> None:
+    """ "." and ".." match a digits-and-dots pattern but name the spool or its parent: never a study folder."""
+    from dqe.service.dicom_node.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    for bad in ("..", ".", "1..2", "1.2.", "9" * 65):
+        with pytest.raises(ValueError):
+            spool.study_dir(bad)
+        with pytest.raises(ValueError):
+            spool.store("1.2.3", bad, b"x")
+    assert spool.study_dir("1.2.840.10008.1") == spool.root / "1.2.840.10008.1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spool"]
+
+
 def test_association_byte_limit(tmp_path, engine, study) -> None:
     size = study[0].stat().st_size
     node = _node(tmp_path, engine, quiet_s=60, max_bytes_per_association=int(size * 2.5))

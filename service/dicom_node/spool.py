@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_UID = re.compile(r"^[0-9.]{1,64}$")
+# A DICOM UID: dot-separated numeric components, at most 64 characters (PS3.5 9.1). The components rule keeps
+# "." and ".." (which name the spool itself or its parent) from ever being a study folder or an instance name.
+_UID = re.compile(r"^(?=.{1,64}$)[0-9]+(?:\.[0-9]+)*$")
 SCORED, SENT, FAILED, OUT = ".scored", ".sent", ".failed", ".out"
 
 
