@@ -75,14 +75,15 @@ _CALIBRATION_KEYS = ("size", "min_alpha", "sites", "description")
 
 
 def calibration_to_proto(cal: Mapping[str, Any]) -> pb.QCCalibration:
-    """The gate's calibration record as ``QCCalibration``: ``size`` (or ``n``), ``min_alpha``, ``sites``,
-    ``description``; every other key goes to ``extra`` as JSON text."""
+    """The gate's calibration record as ``QCCalibration``: ``size`` (or ``n``), ``min_alpha`` (or the gate's
+    ``smallest_alpha``), ``sites``, ``description`` (or the gate's ``source``); every other key, the gate's
+    own names included, goes to ``extra`` as JSON text."""
     size = cal.get("size", cal.get("n"))
     msg = pb.QCCalibration(
         size=int(size) if isinstance(size, int | float) else 0,
-        min_alpha=float(cal.get("min_alpha") or 0.0),
+        min_alpha=float(cal.get("min_alpha", cal.get("smallest_alpha")) or 0.0),
         sites=[str(s) for s in (cal.get("sites") or [])],
-        description=str(cal.get("description") or ""),
+        description=str(cal.get("description", cal.get("source")) or ""),
     )
     for key, value in cal.items():
         if key not in (*_CALIBRATION_KEYS, "n"):

@@ -122,6 +122,20 @@ def _old_schema_response_class() -> Any:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("old.dqe.v1.ScoreResponse"))
 
 
+def test_the_real_gates_calibration_reaches_the_wire_fields() -> None:
+    """The gate's own calibration record (``n``, ``smallest_alpha``, ``source``) fills the typed fields, not
+    only ``extra``: a client reads the smallest alpha it may ask for from ``QCCalibration.min_alpha``."""
+    from dqe.models.qc.config import GateConfig
+    from dqe.models.qc.gate import calibration_for
+
+    cal = calibration_for(GateConfig())
+    assert cal is not None
+    gate = dataclasses.replace(_synthetic_gate(), calibration=cal.summary())
+    msg = gate_to_proto(gate).calibration
+    assert msg.size == cal.n and msg.min_alpha == pytest.approx(1.0 / (cal.n + 1))
+    assert list(msg.sites) == list(cal.sites) and msg.description == cal.source
+
+
 def test_old_client_parses_a_response_with_the_new_fields() -> None:
     old_cls = _old_schema_response_class()
     assert "regions" not in old_cls.DESCRIPTOR.fields_by_name["gate"].message_type.fields_by_name
