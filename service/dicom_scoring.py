@@ -111,10 +111,12 @@ def load_study_bytes(
 def score_study(study: Study, scorer: Scorer, gate_config: GateConfig | None = None) -> StudyOutcome:
     """Stars + gate verdict for a loaded study, and its SR (and KOS when the verdict is not pass)."""
     from dqe.models.dicom.report import build_reports  # lazy: pydicom and highdicom are the dicom extra
-    from dqe.models.qc.gate import evaluate_case  # lazy: scipy loads only when a case is gated
+    from dqe.models.qc.explain import (  # lazy: scipy loads only when a case is gated
+        gate_with_evidence,
+    )
 
     result = scorer.score_case(study.case)
-    result.gate = evaluate_case(study.case, result, gate_config)
+    result.gate, _ = gate_with_evidence(study.case, result, gate_config)  # as the NIfTI paths: with slices
     docs = build_reports(result, result.gate, study.info)
     return StudyOutcome(
         result=result, sr=docs.sr_bytes(), kos=docs.kos_bytes(), study_uid=study.info.study_uid

@@ -69,7 +69,7 @@ def test_phantom_study_scores_as_the_nifti_case(tmp_path, engine, seg_type, rota
     assert study.info.segment_labels == {1: 1, 2: 2, 3: 3}
     # the volume handed to the checks carries the DICOM geometry (oblique when rotated) as a RAS affine
     tilt = np.degrees(np.arccos(abs(study.case.t1c.affine[2, 2])))
-    assert tilt == pytest.approx(rotate, abs=5) if rotate else tilt < 1e-6
+    assert tilt == pytest.approx(rotate, abs=0.01) if rotate else tilt < 1e-6
 
 
 @pytest.mark.real_data
@@ -181,6 +181,15 @@ def test_modality_not_found_lists_the_series(small, tmp_path) -> None:
     study = _copy(small, tmp_path)
     shutil.rmtree(study / "flair")
     with pytest.raises(ModalityNotFound, match=r"flair rules.*#1 'T1 post-contrast'.*#3 'T2 TSE'"):
+        _load(study)
+
+
+def test_instance_without_series_uid_is_a_typed_error(small, tmp_path) -> None:
+    from dqe.models.errors import InvalidInput
+
+    study = _copy(small, tmp_path)
+    _edit(sorted((study / "t2").iterdir())[:1], lambda i, ds: delattr(ds, "SeriesInstanceUID"))
+    with pytest.raises(InvalidInput, match="no SeriesInstanceUID"):
         _load(study)
 
 

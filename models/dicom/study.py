@@ -10,7 +10,6 @@ resampled trilinearly onto it (a SEG on another grid: nearest neighbour), each w
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 from collections.abc import Iterable, Mapping
@@ -174,7 +173,12 @@ def _group(datasets: list[Dataset]) -> tuple[str, dict[str, list[Dataset]], list
         if cls in SEG_CLASSES:
             segs.append(d)
         elif cls in MR_IMAGE_CLASSES:
-            series.setdefault(str(d.SeriesInstanceUID), []).append(d)
+            uid = d.get("SeriesInstanceUID")
+            if not uid:
+                raise InvalidInput(
+                    f"MR instance {d.get('SOPInstanceUID', '?')} has no SeriesInstanceUID", field="series"
+                )
+            series.setdefault(str(uid), []).append(d)
     return studies.pop(), series, segs
 
 
@@ -300,7 +304,9 @@ def load_study(
     warnings.extend(_ood_warnings(case_vols))
     case = Case.from_volumes(case_vols, case_id or study_uid)
     case.warnings = (*warnings, *case.warnings)
-    header = copy.copy(seg_ds)  # a shallow copy without the pixel data: all the SR and KOS reference
+    # The SR and KOS reference only the SEG's header; the pixel data (already decoded into the labels) is
+    # dropped from the dataset itself (a copy.copy would share its element dict anyway).
+    header = seg_ds
     if "PixelData" in header:
         del header.PixelData
     info = StudyInfo(

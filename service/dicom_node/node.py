@@ -18,6 +18,7 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts, build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from dqe.models.dicom.study import StudyLimits
 from dqe.models.errors import DQEError
 from dqe.service.dicom_node.spool import FAILED, SCORED, SENT, Spool, StudyState
 from dqe.service.dicom_scoring import DicomOptions, Scorer, load_study_paths, score_study
@@ -58,6 +59,10 @@ class DicomNode:
         self.spool = Spool(config.spool_dir)
         self.metrics = NodeMetrics()
         self.options = DicomOptions(config.series_rules or None, config.segment_map or None)
+        # The node accepts instances up to its per-study limits; scoring reads the study under the same ones.
+        self.limits = StudyLimits(
+            max_instances=config.max_instances_per_study, max_bytes=config.max_bytes_per_study
+        )
         self._assoc: dict[int, list[int]] = {}  # association id -> [instances, bytes]
         self._studies: dict[
             str, list[int]
@@ -196,7 +201,8 @@ class DicomNode:
         started = time.perf_counter()
         try:
             outcome = score_study(
-                load_study_paths(sorted(s.folder.glob("*.dcm")), self.options, case_id=s.uid), self.scorer
+                load_study_paths(sorted(s.folder.glob("*.dcm")), self.options, self.limits, case_id=s.uid),
+                self.scorer,
             )
         except DQEError as exc:
             self.metrics.failed.labels(exc.kind).inc()

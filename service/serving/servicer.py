@@ -113,6 +113,7 @@ class QualityEstimationServicer(pb_grpc.QualityEstimationServicer):
                 engine,
                 check=lambda: call.check("receive"),
                 reserve=held.reserve,
+                gate_config=with_alpha(self.rt.config.alpha),  # the server's DQE_ALPHA, as ScoreCase
             )
         finally:
             held.release()
@@ -382,14 +383,7 @@ def _decode_all(
             failed.set()
             raise
 
-    bounded = DecodeLimits(
-        max_voxels=limits.max_voxels,
-        max_side=limits.max_side,
-        max_file_bytes=limits.max_file_bytes,
-        reserve=limits.reserve,
-        check=check,
-        pool=limits.pool,
-    )
+    bounded = dataclasses.replace(limits, check=check)
     ctx = contextvars.copy_context()
     with ThreadPoolExecutor(max_workers=min(4, len(jobs)), thread_name_prefix="dqe-decode-file") as pool:
         futures = {k: pool.submit(ctx.copy().run, run, job) for k, job in jobs.items()}
