@@ -112,5 +112,8 @@ def gate_with_evidence(
         The gate result (``elapsed_ms`` includes the evidence) and the full-resolution map when asked for
         (``None`` otherwise or when the exam has no normal-brain statistics).
     """
-    gate = evaluate_case(case, result, config, consensus=consensus)
-    return add_evidence(gate, case, config, consensus=consensus, full_map=full_map, evidence=evidence)
+    ctx = Context(case, (config or GateConfig()).step)  # one brain mask and normal-brain statistics for both
+    gate = evaluate_case(case, result, config, consensus=consensus, context=ctx)
+    return add_evidence(
+        gate, case, config, consensus=consensus, full_map=full_map, evidence=evidence, context=ctx
+    )

@@ -214,6 +214,7 @@ def evaluate_case(
     config: GateConfig | None = None,
     *,
     consensus: Mapping[str, float] | None = None,
+    context: Context | None = None,
 ) -> GateResult:
     """The gate's verdict for a scored case.
 
@@ -223,6 +224,8 @@ def evaluate_case(
         config: thresholds, ``alpha`` and the calibration set; defaults in :mod:`dqe.models.qc.config`.
         consensus: per region (``wt``/``tc``/``et``), Dice with the consensus of the *other* segmentations
             of the same case (batch scoring); a gate input judged like every other score.
+        context: the case's check context (brain mask, normal-brain statistics) when the caller already built
+            one with ``config.step`` for this case, so that the evidence map reuses it; built here otherwise.
 
     Returns:
         A :class:`GateResult`: verdict (``fail`` from the gross-failure rules, ``review`` from the other
@@ -232,7 +235,7 @@ def evaluate_case(
     """
     cfg = config or GateConfig()
     t0 = time.perf_counter()
-    ctx = Context(case, cfg.step)
+    ctx = context if context is not None and context.case is case else Context(case, cfg.step)
     base = run_case_checks(ctx, cfg)
     ev = region_evidence(ctx) + lattice_scores(base)
     if consensus:
