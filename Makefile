@@ -96,7 +96,7 @@ gate-eval: model
 # Regenerate the conformal gate's calibration artifact (models/qc/gate_calibration.json: scores of the good
 # segmentations per check and the predicted-Dice model; numbers only) from ../shared/data.
 gate-calibration: venv
-	$(BIN)/python benchmarks/gate_conformal.py calibrate
+	$(BIN)/python benchmarks/gate_conformal.py calibrate --seeds 1
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache
